@@ -1,0 +1,8 @@
+"""vrnn_fast: a fast, complete Variational RNN (Chung et al., NeurIPS 2015) for PyTorch."""
+
+from .config import VRNNConfig
+from .model import FastVRNN
+from .reference import ReferenceVRNN, VRNNOutput
+
+__all__ = ["FastVRNN", "ReferenceVRNN", "VRNNConfig", "VRNNOutput"]
+__version__ = "0.1.0"
