@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import VRNNConfig
-from .reference import TORCH_OPS, StepResults, VRNNBase, _masked, sigma_from, standard_normal_log_prob
+from .reference import (
+    TORCH_OPS,
+    StepResults,
+    VRNNBase,
+    _masked,
+    sigma_from,
+    standard_normal_log_prob,
+    to_loss_dtype,
+)
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -82,7 +90,7 @@ class FastVRNN(VRNNBase):
         h_prev, mu_q, a_q, z = (torch.stack(v, 1) for v in (hs, mus, a_s, zs))  # (B, T, .)
 
         mu_p, a_p = self.prior(h_prev) if cfg.model == "vrnn" else (None, None)
-        kl = ops.gaussian_kl(mu_q, a_q, mu_p, a_p, floor, mask)
+        kl = ops.gaussian_kl(*map(to_loss_dtype, (mu_q, a_q, mu_p, a_p)), floor, mask)
         nll = self.decoder.nll(x, torch.cat([torch.stack(z_feats, 1), h_prev], -1), floor, mask, ops)
         log_pz_qz = None
         if want_log_weight:

@@ -30,6 +30,11 @@ def sigma_from(a: Tensor, floor: float) -> Tensor:
     return F.softplus(a) + floor
 
 
+def to_loss_dtype(t: Tensor | None) -> Tensor | None:
+    """Half-precision activations (bf16/fp16 autocast) are upcast to float32 before any loss math."""
+    return t.float() if t is not None and t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _masked(value: Tensor, mask: Tensor | None) -> Tensor:
     return value if mask is None else torch.where(mask, value, torch.zeros_like(value))
 
@@ -181,9 +186,9 @@ class Decoder(nn.Module):
 
     def nll(self, x: Tensor, inp: Tensor, floor: float, mask: Tensor | None = None, ops=TORCH_OPS) -> Tensor:
         """-log p(x | inp): x (..., D), inp (..., in_dim) -> (...)."""
-        params = self.params(inp)
+        params = [to_loss_dtype(p) for p in self.params(inp)]
         fn = {"gauss": ops.gaussian_nll, "gmm": ops.gmm_nll, "bigmm": ops.bigmm_nll}[self.kind]
-        return fn(x, *params, floor, mask)
+        return fn(to_loss_dtype(x), *params, floor, mask)
 
     def sample(self, inp: Tensor, floor: float, mean: bool, generator: torch.Generator | None) -> Tensor:
         """One x per row, (N, in_dim) -> (N, D): a draw, or the distribution's mean when ``mean``
@@ -471,7 +476,7 @@ class ReferenceVRNN(VRNNBase):
                 z_t = self.phi_z(z)                                          # (B, Fz)
                 dec_in = torch.cat([z_t, h], -1)                             # eq. 6
                 rnn_in = torch.cat([x_t, z_t], -1)
-                kl.append(gaussian_kl(mu_q, a_q, mu_p, a_p, floor, m_t))
+                kl.append(gaussian_kl(*map(to_loss_dtype, (mu_q, a_q, mu_p, a_p)), floor, m_t))
                 if want_log_weight:
                     log_pz = standard_normal_log_prob(z) if mu_p is None else -gaussian_nll(z, mu_p, a_p, floor)
                     log_pz_qz.append(_masked(log_pz + gaussian_nll(z, mu_q, a_q, floor), m_t))
