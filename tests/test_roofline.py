@@ -1,0 +1,101 @@
+"""benchmarks/roofline.py against independent counts: torch.utils.flop_counter on ReferenceVRNN, and
+the parameters of the built model."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vrnn_fast import ReferenceVRNN, VRNNConfig
+
+_spec = importlib.util.spec_from_file_location("roofline", Path(__file__).parents[1] / "benchmarks" / "roofline.py")
+roofline = sys.modules.setdefault("roofline", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(roofline)
+
+_DEEP = dict(phi_x_layers=2, phi_z_layers=3, enc_layers=2, prior_layers=2, dec_layers=3)
+CONFIGS = {
+    "tiny": VRNNConfig.preset("tiny"),
+    "tiny-gmm-deep": VRNNConfig.preset("tiny", output="gmm", **_DEEP),
+    "tiny-vrnn-i": VRNNConfig.preset("tiny", model="vrnn-i", **_DEEP),
+    "tiny-rnn": VRNNConfig.preset("tiny", model="rnn", **_DEEP),
+    "tiny-handwriting": VRNNConfig.preset("tiny-handwriting", **_DEEP),
+}
+B, T = 3, 5
+
+
+def _inputs(config):
+    x = torch.randn(B, T, config.x_dim)
+    if config.output == "bigmm":
+        x[..., 0] = (x[..., 0] > 0).float()
+    return x
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_param_count_matches_model(name):
+    config = CONFIGS[name]
+    assert roofline.n_params(config) == sum(p.numel() for p in ReferenceVRNN(config).parameters())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_forward_flops_match_flop_counter(name):
+    config = CONFIGS[name]
+    model = ReferenceVRNN(config)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(_inputs(config))
+    assert roofline.iteration_cost(config, B, T, "float32", "forward").flops == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_train_flops_match_flop_counter(name):
+    """Forward plus backward: the counter sees exactly the input gradients autograd computes."""
+    config = CONFIGS[name]
+    model = ReferenceVRNN(config)
+    with FlopCounterMode(display=False) as counter:
+        model(_inputs(config)).loss.backward()
+    assert roofline.iteration_cost(config, B, T, "bf16", "train").flops == counter.get_total_flops()
+
+
+def test_loglik_is_forward_on_tiled_batch():
+    config = CONFIGS["tiny"]
+    model = ReferenceVRNN(config)
+    with FlopCounterMode(display=False) as counter:
+        model.log_likelihood(_inputs(config), n_samples=4)
+    assert roofline.iteration_cost(config, 4 * B, T, "float32", "forward").flops == counter.get_total_flops()
+
+
+def test_step_cost_is_the_recurrent_share():
+    config = VRNNConfig.preset("timit-vrnn-gauss")
+    step = roofline.step_cost(config, 64, "bf16")
+    fwd = roofline.iteration_cost(config, 64, 40, "bf16", "forward")
+    assert 0 < 40 * step.flops < fwd.flops
+    h, z, e, fz = config.h_dim, config.z_dim, config.enc_dim, config.phi_z_dim
+    rec_weights = h * e + 3 * e * e + 2 * e * z + z * fz + 3 * fz * fz + fz * 4 * h + h * 4 * h
+    assert step.flops == 2 * 64 * rec_weights
+    assert step.bytes == 2 * (rec_weights + 4 * 64 * h)
+
+
+def test_bytes_and_floor():
+    config = VRNNConfig.preset("blizzard-vrnn-gmm")
+    fp32 = roofline.iteration_cost(config, 128, 40, "float32", "train")
+    tf32 = roofline.iteration_cost(config, 128, 40, "tf32", "train")
+    bf16 = roofline.iteration_cost(config, 128, 40, "bf16", "train")
+    assert fp32.flops == tf32.flops == bf16.flops and fp32.bytes == tf32.bytes > bf16.bytes
+    assert fp32.floor_s == pytest.approx(max(fp32.flops / 60e12, fp32.bytes / 3.0e12))
+    assert bf16.floor_s == pytest.approx(max(bf16.flops / 800e12, bf16.bytes / 3.0e12))
+    assert fp32.floor_s > tf32.floor_s > bf16.floor_s
+    assert roofline.memory_floor_s(3.0e9) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("tiny", 0, 40, "float32", "train"), "batch"),
+    (("tiny", 4, 40, "fp16", "train"), "precision"),
+    (("tiny", 4, 40, "float32", "backward"), "mode"),
+    (("not-a-config", 4, 40, "float32", "train"), "config"),
+])
+def test_bad_arguments(args, match):
+    config = VRNNConfig.preset(args[0]) if args[0] in VRNNConfig.presets() else args[0]
+    with pytest.raises(ValueError, match=match):
+        roofline.iteration_cost(config, *args[1:])
