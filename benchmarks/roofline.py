@@ -187,6 +187,24 @@ def iteration_cost(config: VRNNConfig, batch: int, steps: int, precision: str, m
     return Cost(fwd_flops + bwd_flops, fwd_bytes + bwd_bytes + update, precision, device)
 
 
+def lstm_cost(input_size: int, h_dim: int, batch: int, steps: int, precision: str, mode: str,
+              device: Device = H100) -> Cost:
+    """A bare LSTM (the cuDNN context row) over (B, T) from a zero state, loss on every output h_t,
+    with the same model of traffic as :func:`iteration_cost` (W_hh streamed once per step and pass)."""
+    config = VRNNConfig(model="rnn", h_dim=h_dim, phi_x_dim=input_size)  # validates the sizes
+    _check(config, batch, steps, precision, mode)
+    e, w_ih, w_hh = ELEMENT_BYTES[precision], input_size * 4 * h_dim, h_dim * 4 * h_dim
+    fwd_flops = 2 * batch * steps * (w_ih + w_hh)
+    state_io, h_seq = 4 * batch * h_dim, batch * steps * h_dim
+    fwd_bytes = e * (steps * (w_hh + state_io) + w_ih + batch * steps * input_size + h_seq)
+    if mode == "forward":
+        return Cost(fwd_flops, fwd_bytes, precision, device)
+    bwd_flops = 2 * fwd_flops - 2 * batch * (steps * w_ih + w_hh)  # no input gradient for x, none for h_0
+    bwd_bytes = e * (steps * (w_hh + state_io) + w_ih + 2 * h_seq)
+    update = (w_ih + w_hh + 4 * h_dim) * (GRAD_BYTES + ADAM_CLIP_BYTES + (CAST_BYTES if precision == "bf16" else 0))
+    return Cost(fwd_flops + bwd_flops, fwd_bytes + bwd_bytes + update, precision, device)
+
+
 def memory_floor_s(nbytes: float, device: Device = H100) -> float:
     """Time to move ``nbytes`` through HBM: the floor of a memory-bound kernel."""
     return nbytes / device.bandwidth

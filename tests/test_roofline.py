@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from vrnn_fast import ReferenceVRNN, VRNNConfig
+from vrnn_fast.reference import lstm_cell
 
 _spec = importlib.util.spec_from_file_location("roofline", Path(__file__).parents[1] / "benchmarks" / "roofline.py")
 roofline = sys.modules.setdefault("roofline", importlib.util.module_from_spec(_spec))
@@ -64,6 +66,24 @@ def test_loglik_is_forward_on_tiled_batch():
     with FlopCounterMode(display=False) as counter:
         model.log_likelihood(_inputs(config), n_samples=4)
     assert roofline.iteration_cost(config, 4 * B, T, "float32", "forward").flops == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("mode", roofline.MODES)
+def test_lstm_flops_match_flop_counter(mode):
+    """A step-by-step LSTM with nn.LSTM's parameters (the fused CPU op is invisible to the counter)."""
+    lstm = torch.nn.LSTM(7, 5, batch_first=True)
+    x = torch.randn(B, T, 7)
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(mode == "train"):
+        h = c = torch.zeros(B, 5)
+        outs = []
+        for t in range(T):
+            gates = F.linear(x[:, t], lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h, lstm.weight_hh_l0)
+            h, c = lstm_cell(gates, c)
+            outs.append(h)
+        loss = torch.stack(outs, 1).square().mean()
+        if mode == "train":
+            loss.backward()
+    assert roofline.lstm_cost(7, 5, B, T, "tf32", mode).flops == counter.get_total_flops()
 
 
 def test_step_cost_is_the_recurrent_share():
