@@ -1,0 +1,147 @@
+"""LSTM pointwise cell update (the part of a step after the gate GEMM): forward and fused backward.
+
+Dimension glossary:
+  N  rows (the batch B of one step, or any flattened leading dims)     H  hidden size (1200, 2000, 4000)
+  BLOCK_N, BLOCK_H  tile sizes (powers of two)
+Layouts: gates (N, 4H) pre-activations in order [i, f, g, o] (gate q of unit j at column q*H + j, as in
+torch.nn.LSTM); c_prev, h, c, dh, dc, dc_prev (N, H); dgates (N, 4H). Any strides.
+
+Math (fp32 inside for fp32/bf16/fp16, fp64 for fp64; tanh(x) = 2 sigmoid(2x) - 1, no libdevice):
+  c = sigmoid(f) c_prev + sigmoid(i) tanh(g),   h = sigmoid(o) tanh(c)
+Backward (recomputes every activation from gates and c_prev, so the forward saves nothing extra; the
+recompute is a few flops per element against 6 loads): with dC = dc + dh sigmoid(o) (1 - tanh(c)^2),
+  d_i = dC tanh(g) s_i (1 - s_i),  d_f = dC c_prev s_f (1 - s_f),  d_g = dC s_i (1 - tanh(g)^2),
+  d_o = dh tanh(c) s_o (1 - s_o),  dc_prev = dC s_f.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .densities import _sigmoid  # stable sigmoid shared with the log-density kernels
+
+# ---------------------------------------------------------------------------------------------------------
+# Element-wise helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tanh(y):
+    """tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|) (= 2 sigmoid(2y) - 1, without cancellation)."""
+    e = tl.exp(-2.0 * tl.abs(y))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y >= 0, t, -t)
+
+
+@triton.jit
+def _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H):
+    """The four gate pre-activations of a (BLOCK_N, BLOCK_H) tile, in the math dtype."""
+    base = gates_ptr + rows[:, None] * sg_n + cols[None, :] * sg_h
+    dt = tl.float64 if gates_ptr.dtype.element_ty == tl.float64 else tl.float32
+    i = tl.load(base, mask=ok, other=0.0).to(dt)
+    f = tl.load(base + H * sg_h, mask=ok, other=0.0).to(dt)
+    g = tl.load(base + 2 * H * sg_h, mask=ok, other=0.0).to(dt)
+    o = tl.load(base + 3 * H * sg_h, mask=ok, other=0.0).to(dt)
+    return i, f, g, o
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels: grid (cdiv(N, BLOCK_N), cdiv(H, BLOCK_H))
+# ---------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _lstm_fwd_kernel(
+    gates_ptr, c_prev_ptr, h_ptr, c_ptr,  # (N, 4H), (N, H) inputs; (N, H) outputs
+    N, H,
+    sg_n, sg_h, scp_n, scp_h, sh_n, sh_h, sc_n, sc_h,  # strides (row, column)
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ok = (rows < N)[:, None] & (cols < H)[None, :]
+    i, f, g, o = _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H)
+    c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
+    c = _sigmoid(f) * c_prev + _sigmoid(i) * _tanh(g)
+    h = _sigmoid(o) * _tanh(c)
+    tl.store(c_ptr + rows[:, None] * sc_n + cols[None, :] * sc_h, c.to(c_ptr.dtype.element_ty), mask=ok)
+    tl.store(h_ptr + rows[:, None] * sh_n + cols[None, :] * sh_h, h.to(h_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _lstm_bwd_kernel(
+    gates_ptr, c_prev_ptr, dh_ptr, dc_ptr,  # inputs: (N, 4H), (N, H), (N, H), (N, H)
+    dgates_ptr, dc_prev_ptr,  # outputs: (N, 4H), (N, H)
+    N, H,
+    sg_n, sg_h, scp_n, scp_h, sdh_n, sdh_h, sdc_n, sdc_h, sdg_n, sdg_h, sdcp_n, sdcp_h,  # strides
+    HAS_DH: tl.constexpr, HAS_DC: tl.constexpr,  # False: that gradient is zero (not read)
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ok = (rows < N)[:, None] & (cols < H)[None, :]
+    i, f, g, o = _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H)
+    c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
+    s_i, s_f, t_g, s_o = _sigmoid(i), _sigmoid(f), _tanh(g), _sigmoid(o)
+    t_c = _tanh(s_f * c_prev + s_i * t_g)
+    if HAS_DH:
+        dh = tl.load(dh_ptr + rows[:, None] * sdh_n + cols[None, :] * sdh_h, mask=ok, other=0.0).to(i.dtype)
+    else:
+        dh = tl.zeros_like(i)
+    if HAS_DC:
+        d_c = tl.load(dc_ptr + rows[:, None] * sdc_n + cols[None, :] * sdc_h, mask=ok, other=0.0).to(i.dtype)
+    else:
+        d_c = tl.zeros_like(i)
+    d_c += dh * s_o * (1.0 - t_c * t_c)
+    out_ty = dgates_ptr.dtype.element_ty
+    base = dgates_ptr + rows[:, None] * sdg_n + cols[None, :] * sdg_h
+    tl.store(base, (d_c * t_g * s_i * (1.0 - s_i)).to(out_ty), mask=ok)
+    tl.store(base + H * sdg_h, (d_c * c_prev * s_f * (1.0 - s_f)).to(out_ty), mask=ok)
+    tl.store(base + 2 * H * sdg_h, (d_c * s_i * (1.0 - t_g * t_g)).to(out_ty), mask=ok)
+    tl.store(base + 3 * H * sdg_h, (dh * t_c * s_o * (1.0 - s_o)).to(out_ty), mask=ok)
+    tl.store(dc_prev_ptr + rows[:, None] * sdcp_n + cols[None, :] * sdcp_h,
+             (d_c * s_f).to(dc_prev_ptr.dtype.element_ty), mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def lstm_blocks(N: int, H: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_H): up to 128 hidden units by up to 8 rows (1024 elements per gate tile; the
+    backward holds ~12 such tiles live in registers). Never below 16 columns (vectorised access)."""
+    block_h = max(16, min(triton.next_power_of_2(H), 128))
+    return max(1, min(triton.next_power_of_2(N), 1024 // block_h)), block_h
+
+
+def lstm_fwd(gates: torch.Tensor, c_prev: torch.Tensor, block_n: int | None = None, block_h: int | None = None):
+    """gates (N, 4H), c_prev (N, H) -> (h, c), each (N, H) contiguous in promote_types(gates, c_prev)."""
+    N, H = c_prev.shape
+    bn, bh = lstm_blocks(N, H)
+    bn, bh = block_n or bn, block_h or bh
+    dtype = torch.promote_types(gates.dtype, c_prev.dtype)
+    h = torch.empty((N, H), dtype=dtype, device=gates.device)
+    c = torch.empty((N, H), dtype=dtype, device=gates.device)
+    _lstm_fwd_kernel[(triton.cdiv(N, bn), triton.cdiv(H, bh))](
+        gates, c_prev, h, c, N, H, *gates.stride(), *c_prev.stride(), *h.stride(), *c.stride(),
+        BLOCK_N=bn, BLOCK_H=bh)
+    return h, c
+
+
+def lstm_bwd(gates: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor | None, dc: torch.Tensor | None,
+             block_n: int | None = None, block_h: int | None = None):
+    """dh, dc (N, H) or None (zero) -> (dgates (N, 4H) in gates.dtype, dc_prev (N, H) in c_prev.dtype)."""
+    N, H = c_prev.shape
+    bn, bh = lstm_blocks(N, H)
+    bn, bh = block_n or bn, block_h or bh
+    dgates = torch.empty((N, 4 * H), dtype=gates.dtype, device=gates.device)
+    dc_prev = torch.empty((N, H), dtype=c_prev.dtype, device=gates.device)
+    dh_arg, dc_arg = (dh if dh is not None else c_prev), (dc if dc is not None else c_prev)
+    _lstm_bwd_kernel[(triton.cdiv(N, bn), triton.cdiv(H, bh))](
+        gates, c_prev, dh_arg, dc_arg, dgates, dc_prev, N, H, *gates.stride(), *c_prev.stride(),
+        *dh_arg.stride(), *dc_arg.stride(), *dgates.stride(), *dc_prev.stride(),
+        HAS_DH=dh is not None, HAS_DC=dc is not None, BLOCK_N=bn, BLOCK_H=bh)
+    return dgates, dc_prev

@@ -1,0 +1,190 @@
+"""The Triton op set: autograd Functions over the kernels in ``vrnn_fast.kernels``, and public functions with
+exactly the signatures of their references in ``vrnn_fast.reference`` (the spec they are tested against).
+
+This is the only module that joins kernels and autograd. Leading dims are broadcast as torch would and
+flattened to rows (a view where the strides allow it); the kernels take any strides. Dtypes: any floating
+dtype (float64 end to end, which only the interpreter runs; float32; bfloat16/float16 with float32 math
+inside). ``lstm_cell`` and ``reparameterize`` return the inputs' promoted dtype; the losses (``gaussian_kl``
+and the log-densities) return float32, or float64 for float64 inputs. Gradients come back in each input's dtype.
+
+``ops_for(x)`` picks this op set for CUDA tensors, and for CPU tensors only when ``TRITON_INTERPRET=1`` is set
+(an explicit opt-in to the slow interpreter).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import reference
+from .kernels import gaussian as kg
+from .kernels import lstm as kl
+
+
+def ops_for(x: Tensor) -> SimpleNamespace:
+    """TRITON_OPS for CUDA tensors, or for CPU tensors when TRITON_INTERPRET=1; otherwise ValueError."""
+    if x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return TRITON_OPS
+    raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the Triton interpreter "
+                     f"on the CPU), got a tensor on {x.device}")
+
+
+def _check_floor(op: str, floor) -> float:
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor < 0:
+        raise ValueError(f"{op}: floor must be a finite number >= 0, got {floor!r}")
+    return float(floor)
+
+
+def _as_rows(op: str, parts: list[tuple[str, Tensor, int]], mask: Tensor | None = None):
+    """Checks and flattens (name, tensor (..., width)) parts to a common dtype and broadcast leading shape.
+
+    Returns (leading shape, [(N, width) tensors], mask (N,) or None); N = prod(leading shape)."""
+    first_name, first = parts[0][0], parts[0][1]
+    lead_shapes, dtype = [], None
+    for name, t, width in parts:
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
+        if t.device != first.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
+        if t.dim() == 0 or t.shape[-1] != width or width == 0:
+            raise ValueError(f"{op}: {name} must end in a non-empty dim of size {width}, got shape {tuple(t.shape)}")
+        lead_shapes.append(t.shape[:-1])
+        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"{op}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
+        if mask.device != first.device:
+            raise ValueError(f"{op}: mask is on {mask.device} but {first_name} is on {first.device}")
+        lead_shapes.append(mask.shape)
+    try:
+        lead = torch.broadcast_shapes(*lead_shapes)
+    except RuntimeError as err:
+        raise ValueError(f"{op}: leading dims do not broadcast: {[tuple(s) for s in lead_shapes]}") from err
+    rows = [t.to(dtype).expand(*lead, width).reshape(-1, width) for _, t, width in parts]
+    return lead, rows, None if mask is None else mask.expand(lead).reshape(-1)
+
+
+# ---- LSTM cell (kernels/lstm.py) ----
+
+
+class _LSTMCell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates, c_prev):
+        ctx.set_materialize_grads(False)  # an unused h or c skips its read in the backward kernel
+        ctx.save_for_backward(gates, c_prev)
+        return kl.lstm_fwd(gates, c_prev)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dc):
+        gates, c_prev = ctx.saved_tensors
+        if dh is None and dc is None:
+            return None, None
+        return kl.lstm_bwd(gates, c_prev, dh, dc)
+
+
+def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM update from full pre-activations: gates (..., 4H) in order [i, f, g, o], c_prev (..., H) -> (h, c).
+
+    c = sigmoid(f) c_prev + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c); one fused kernel each way (the
+    backward recomputes the activations from gates and c_prev). Example: ``h, c = lstm_cell(x @ w.T + b, c)``.
+    """
+    if not isinstance(c_prev, Tensor) or c_prev.dim() == 0:
+        raise ValueError(f"lstm_cell: c_prev must be a (..., H) tensor, got {getattr(c_prev, 'shape', c_prev)!r}")
+    H = c_prev.shape[-1]
+    lead, (gates_rows, c_rows), _ = _as_rows("lstm_cell", [("gates", gates, 4 * H), ("c_prev", c_prev, H)])
+    h, c = _LSTMCell.apply(gates_rows, c_rows)
+    return h.reshape(*lead, H), c.reshape(*lead, H)
+
+
+# ---- Gaussian head (kernels/gaussian.py) ----
+
+
+class _Reparameterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, a, eps, seed, floor):
+        ctx.floor, ctx.seed = floor, seed
+        ctx.save_for_backward(a, eps)
+        return kg.reparam_fwd(mu, a, eps, seed, floor)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dz):
+        a, eps = ctx.saved_tensors
+        want_deps = eps is not None and ctx.needs_input_grad[2]
+        da, deps = kg.reparam_bwd(dz, a, eps, ctx.seed, ctx.floor, want_deps)
+        return dz, da, deps, None, None
+
+
+def reparameterize(mu: Tensor, a: Tensor, eps: Tensor, floor: float) -> Tensor:
+    """z = mu + (softplus(a) + floor) * eps, all (..., Z); one fused kernel each way.
+
+    Example: ``z = reparameterize(mu_q, a_q, torch.randn_like(mu_q), 1e-4)``.
+    """
+    floor = _check_floor("reparameterize", floor)
+    Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
+    lead, (mu, a, eps), _ = _as_rows("reparameterize", [("mu", mu, Z), ("a", a, Z), ("eps", eps, Z)])
+    return _Reparameterize.apply(mu, a, eps, 0, floor).reshape(*lead, Z)
+
+
+def reparameterize_seeded(mu: Tensor, a: Tensor, seed: int, floor: float) -> Tensor:
+    """z = mu + (softplus(a) + floor) * eps with eps ~ N(0, I) drawn in the kernel from ``seed`` (Philox, at
+    the logical index n * Z + j of the flattened (N, Z) rows) and regenerated in the backward, never stored.
+
+    mu, a (..., Z) -> z (..., Z). The same seed and shape give the same eps on every device and call.
+    """
+    floor = _check_floor("reparameterize_seeded", floor)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"reparameterize_seeded: seed must be an int in [0, 2**63), got {seed!r}")
+    Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
+    lead, (mu, a), _ = _as_rows("reparameterize_seeded", [("mu", mu, Z), ("a", a, Z)])
+    return _Reparameterize.apply(mu, a, None, seed, floor).reshape(*lead, Z)
+
+
+class _GaussianKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu_q, a_q, mu_p, a_p, floor, mask):
+        ctx.floor = floor
+        ctx.save_for_backward(mu_q, a_q, mu_p, a_p, mask)
+        return kg.kl_fwd(mu_q, a_q, mu_p, a_p, floor, mask)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        mu_q, a_q, mu_p, a_p, mask = ctx.saved_tensors
+        return (*kg.kl_bwd(grad, mu_q, a_q, mu_p, a_p, ctx.floor, mask), None, None)
+
+
+def gaussian_kl(mu_q: Tensor, a_q: Tensor, mu_p: Tensor | None, a_p: Tensor | None, floor: float,
+                mask: Tensor | None = None) -> Tensor:
+    """KL(N(mu_q, s_q^2) || N(mu_p, s_p^2)) summed over the last dim: (..., Z) -> (...), s = softplus(a) + floor.
+
+    ``mu_p = a_p = None``: the standard normal prior (VRNN-I). mask (...) bool: exactly 0 (and zero gradient)
+    where False. One fused kernel each way. Example: ``gaussian_kl(mu_q, a_q, mu_p, a_p, 1e-4, mask)``.
+    """
+    floor = _check_floor("gaussian_kl", floor)
+    if (mu_p is None) != (a_p is None):
+        raise ValueError("gaussian_kl: mu_p and a_p must both be tensors, or both None (standard normal prior)")
+    Z = mu_q.shape[-1] if isinstance(mu_q, Tensor) and mu_q.dim() else -1
+    parts = [("mu_q", mu_q, Z), ("a_q", a_q, Z)]
+    if mu_p is not None:
+        parts += [("mu_p", mu_p, Z), ("a_p", a_p, Z)]
+    lead, rows, mask = _as_rows("gaussian_kl", parts, mask)
+    mu_q, a_q, mu_p, a_p = (*rows, None, None) if len(rows) == 2 else rows
+    return _GaussianKL.apply(mu_q, a_q, mu_p, a_p, floor, mask).reshape(lead)
+
+
+# ---- log-densities (kernels/densities.py) ----
+
+
+TRITON_OPS = SimpleNamespace(
+    lstm_cell=lstm_cell, reparameterize=reparameterize, gaussian_kl=gaussian_kl,
+    # part B replaces these
+    gaussian_nll=reference.gaussian_nll, gmm_nll=reference.gmm_nll, bigmm_nll=reference.bigmm_nll,
+)
+"""The op set FastVRNN(backend="triton") dispatches through; same members as ``reference.TORCH_OPS``."""
