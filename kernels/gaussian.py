@@ -22,16 +22,11 @@ import triton
 import triton.language as tl
 
 from .densities import _softplus, _softplus_grad  # torch-exact softplus, shared with the log-density kernels
+from .sm90 import compile_case
 
 # ---------------------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _math_dtype(ptr):
-    """fp64 for fp64 tensors, fp32 otherwise."""
-    return tl.float64 if ptr.dtype.element_ty == tl.float64 else tl.float32
 
 
 @triton.jit
@@ -54,7 +49,7 @@ def _reparam_fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     ok = (rows < N)[:, None] & (cols < Z)[None, :]
-    dt: tl.constexpr = _math_dtype(mu_ptr)
+    dt: tl.constexpr = tl.float64 if mu_ptr.dtype.element_ty == tl.float64 else tl.float32  # math dtype
     mu = tl.load(mu_ptr + rows[:, None] * smu_n + cols[None, :] * smu_z, mask=ok, other=0.0).to(dt)
     a = tl.load(a_ptr + rows[:, None] * sa_n + cols[None, :] * sa_z, mask=ok, other=0.0).to(dt)
     eps = _eps_tile(eps_ptr, seed, rows, cols, ok, se_n, se_z, Z, dt, HAS_EPS)
@@ -72,7 +67,7 @@ def _reparam_bwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     ok = (rows < N)[:, None] & (cols < Z)[None, :]
-    dt: tl.constexpr = _math_dtype(a_ptr)
+    dt: tl.constexpr = tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32  # math dtype
     dz = tl.load(dz_ptr + rows[:, None] * sdz_n + cols[None, :] * sdz_z, mask=ok, other=0.0).to(dt)
     a = tl.load(a_ptr + rows[:, None] * sa_n + cols[None, :] * sa_z, mask=ok, other=0.0).to(dt)
     eps = _eps_tile(eps_ptr, seed, rows, cols, ok, se_n, se_z, Z, dt, HAS_EPS)
@@ -102,7 +97,7 @@ def _kl_fwd_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _row_keep(mask_ptr, rows, smask_n, N, HAS_MASK)
-    dt: tl.constexpr = _math_dtype(kl_ptr)
+    dt: tl.constexpr = tl.float64 if kl_ptr.dtype.element_ty == tl.float64 else tl.float32  # math dtype
     acc = tl.zeros((BLOCK_N,), dtype=dt)
     for z0 in range(0, Z, BLOCK_Z):
         cols = z0 + tl.arange(0, BLOCK_Z).to(tl.int64)
@@ -133,7 +128,7 @@ def _kl_bwd_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _row_keep(mask_ptr, rows, smask_n, N, HAS_MASK)
-    dt: tl.constexpr = _math_dtype(grad_ptr)
+    dt: tl.constexpr = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32  # math dtype
     g = tl.where(keep, tl.load(grad_ptr + rows * sg_n, mask=keep, other=0.0).to(dt), 0.0)[:, None]
     out_ty = dmq_ptr.dtype.element_ty
     for z0 in range(0, Z, BLOCK_Z):
@@ -174,9 +169,10 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gaussian_blocks(N: int, Z: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_Z): the whole latent (up to 256) in one tile, about 1024 elements per tile."""
+    """(BLOCK_N, BLOCK_Z): the whole latent (up to 256) in one tile, about 512 elements per tile (the KL
+    backward holds ~10 tiles live: 1024-element tiles take ~150 registers on sm_90)."""
     block_z = max(16, min(triton.next_power_of_2(Z), 256))
-    return max(1, min(triton.next_power_of_2(N), 1024 // block_z)), block_z
+    return max(1, min(triton.next_power_of_2(N), 512 // block_z)), block_z
 
 
 def _strides(t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -252,3 +248,46 @@ def kl_bwd(grad, mu_q, a_q, mu_p, a_p, floor: float, mask=None, block_n: int | N
         *a_q.stride(), *smp, *sap, sm, *dmq.stride(), *daq.stride(), *sdmp, *sdap,
         HAS_PRIOR=has_prior, HAS_MASK=mask is not None, BLOCK_N=bn, BLOCK_Z=bz)
     return dmq, daq, (grads[2] if has_prior else None), (grads[3] if has_prior else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sm_90 compile cases (tests/test_sm90_compile.py, benchmarks/kernel_resources.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sm90_compile_cases(Z: int = 200, batches=(64, 128), steps: int = 40) -> list[tuple]:
+    """Every kernel and flag combination at the paper's shapes, float32 and bfloat16 inputs: the sample on
+    N = B rows per step, the KL on N = B * T rows. N is a runtime argument; one compile per distinct tiling."""
+    shapes = [("reparam", B) for B in batches] + [("kl", B * steps) for B in batches]
+    tilings: dict[tuple[str, int, int], list[int]] = {}
+    for op, N in shapes:
+        tilings.setdefault((op, *gaussian_blocks(N, Z)), []).append(N)
+    cases = []
+    for (op, bn, bz), rows in tilings.items():
+        blocks = dict(BLOCK_N=bn, BLOCK_Z=bz)
+        tag = f"N={','.join(map(str, rows))};Z={Z};tile={bn}x{bz}"
+        for dtype in (torch.float32, torch.bfloat16):
+            if op == "reparam":
+                for has_eps in (True, False):
+                    cases.append(compile_case(
+                        f"reparam_fwd[{tag};eps={'given' if has_eps else 'seeded'}]", _reparam_fwd_kernel, dtype,
+                        dict(blocks, HAS_EPS=has_eps), unit_strides=("smu_z", "sa_z", "se_z", "sz_z"),
+                        i64_args=("seed",)))
+                    cases.append(compile_case(
+                        f"reparam_bwd[{tag};eps={'given' if has_eps else 'seeded'}]", _reparam_bwd_kernel, dtype,
+                        dict(blocks, HAS_EPS=has_eps, WANT_DEPS=has_eps),
+                        unit_strides=("sdz_z", "sa_z", "se_z", "sda_z", "sde_z"), i64_args=("seed",)))
+                continue
+            for has_prior in (True, False):
+                for has_mask in (True, False):
+                    flags = dict(blocks, HAS_PRIOR=has_prior, HAS_MASK=has_mask)
+                    name = f"{tag};prior={'learned' if has_prior else 'N01'};mask={int(has_mask)}"
+                    units = ("smq_z", "saq_z", "smp_z", "sap_z") + (("smask_n",) if has_mask else ())
+                    u8 = ("mask_ptr",) if has_mask else ()
+                    cases.append(compile_case(f"kl_fwd[{name}]", _kl_fwd_kernel, dtype, flags, unit_strides=units,
+                                              fp32_ptrs=("kl_ptr",), u8_ptrs=u8))
+                    cases.append(compile_case(
+                        f"kl_bwd[{name}]", _kl_bwd_kernel, dtype, flags,
+                        unit_strides=units + ("sg_n", "sdmq_z", "sdaq_z", "sdmp_z", "sdap_z"),
+                        fp32_ptrs=("grad_ptr",), u8_ptrs=u8))
+    return cases

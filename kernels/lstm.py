@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .densities import _sigmoid  # stable sigmoid shared with the log-density kernels
+from .sm90 import compile_case
 
 # ---------------------------------------------------------------------------------------------------------
 # Element-wise helpers
@@ -111,10 +112,10 @@ def _lstm_bwd_kernel(
 
 
 def lstm_blocks(N: int, H: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_H): up to 128 hidden units by up to 8 rows (1024 elements per gate tile; the
-    backward holds ~12 such tiles live in registers). Never below 16 columns (vectorised access)."""
+    """(BLOCK_N, BLOCK_H): up to 128 hidden units by up to 4 rows, 512 elements per gate tile (the backward
+    holds ~12 tiles live; 1024-element tiles spill in the bf16 forward on sm_90). At least 16 columns."""
     block_h = max(16, min(triton.next_power_of_2(H), 128))
-    return max(1, min(triton.next_power_of_2(N), 1024 // block_h)), block_h
+    return max(1, min(triton.next_power_of_2(N), 512 // block_h)), block_h
 
 
 def lstm_fwd(gates: torch.Tensor, c_prev: torch.Tensor, block_n: int | None = None, block_h: int | None = None):
@@ -145,3 +146,33 @@ def lstm_bwd(gates: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor | None,
         *dh_arg.stride(), *dc_arg.stride(), *dgates.stride(), *dc_prev.stride(),
         HAS_DH=dh is not None, HAS_DC=dc is not None, BLOCK_N=bn, BLOCK_H=bh)
     return dgates, dc_prev
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sm_90 compile cases (tests/test_sm90_compile.py, benchmarks/kernel_resources.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sm90_compile_cases(hidden=(1200, 2000, 4000), batches=(64, 128)) -> list[tuple]:
+    """Both kernels for every distinct tiling at the paper's shapes (N = B rows per step), float32 and bfloat16.
+
+    H and N are runtime arguments, so shapes sharing a tiling share a compile; the name lists the shapes.
+    """
+    tilings: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for H in hidden:
+        for B in batches:
+            tilings.setdefault(lstm_blocks(B, H), []).append((B, H))
+    cases = []
+    for (bn, bh), shapes in tilings.items():
+        blocks = dict(BLOCK_N=bn, BLOCK_H=bh)
+        bs, hs = (",".join(map(str, sorted({s[i] for s in shapes}))) for i in (0, 1))
+        tag = f"B={bs};H={hs};tile={bn}x{bh}"
+        for dtype in (torch.float32, torch.bfloat16):
+            cases.append(compile_case(f"lstm_fwd[{tag}]", _lstm_fwd_kernel, dtype, blocks,
+                                      unit_strides=("sg_h", "scp_h", "sh_h", "sc_h")))
+            for has_dc in (True, False):
+                cases.append(compile_case(
+                    f"lstm_bwd[{tag};dc={int(has_dc)}]", _lstm_bwd_kernel, dtype,
+                    dict(blocks, HAS_DH=True, HAS_DC=has_dc),
+                    unit_strides=("sg_h", "scp_h", "sdh_h", "sdc_h", "sdg_h", "sdcp_h")))
+    return cases
