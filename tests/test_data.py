@@ -215,7 +215,7 @@ def test_timit_layout_uses_train_test_folders_and_holds_out_speakers(tmp_path):
 
 def test_file_list_and_list_of_paths(tmp_path):
     root = speech_folder(tmp_path / "s", 5, samples=600)
-    (tmp_path / "list.txt").write_text("# my files\n" + "\n".join(f"s/utt{i:03d}.wav" for i in range(5)) + "\n\n")
+    (tmp_path / "list.txt").write_text("# my files\n" + "\n".join(f"./s/utt{i:03d}.wav" for i in range(5)) + "\n\n")
     from_list = open_splits(tmp_path / "list.txt")
     from_paths = open_splits(sorted(root.glob("*.wav")))
     assert sorted(from_list.train.files + from_list.valid.files + from_list.test.files) == sorted(root.glob("*.wav"))
@@ -420,6 +420,38 @@ def test_corrupt_file_is_named_and_skipped_only_on_request(tmp_path):
         warnings.simplefilter("always")
         s = open_splits(root, skip_bad=True)
     assert (root / "short.wav") in [f for f, _ in s.skipped]
+
+
+def test_damaged_flac_data_behind_a_good_header(tmp_path, monkeypatch):
+    root = speech_folder(tmp_path / "s", 6, samples=2000)
+    flac = write_wav(root / "damaged.flac", sine(48000, 16000), 16000)
+    data = bytearray(flac.read_bytes())
+    data[len(data) // 2:] = b""  # the header still reads; the data does not decode
+    flac.write_bytes(bytes(data))
+    assert sf.info(str(flac)).frames == 48000
+    with pytest.raises(DataError, match="damaged.flac"):
+        open_splits(root)  # a small corpus is decoded at open
+    with pytest.warns(UserWarning, match="damaged.flac"):
+        s = open_splits(root, skip_bad=True)
+    assert [f.name for f, _ in s.skipped] == ["damaged.flac"]
+    monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)  # a large corpus: headers only, files read per batch
+    s = open_splits(root, normalizer=Normalizer(0.0, 1.0))
+    ds = next(d for d in (s.train, s.valid, s.test) if flac in d.files)
+    with pytest.raises(DataError, match="damaged.flac"):
+        list(ds.iter_batches(2))
+
+
+def test_lazy_reading_gives_the_same_batches(tmp_path, monkeypatch):
+    root = speech_folder(tmp_path / "s", 10, rate=8000, samples=5000)
+    cached = open_splits(root)
+    monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)
+    lazy = open_splits(root)
+    assert lazy.train._cache is None and cached.train._cache is not None
+    assert lazy.normalizer.mean == pytest.approx(cached.normalizer.mean)
+    assert lazy.normalizer.std == pytest.approx(cached.normalizer.std)
+    for a, b in zip(cached.train.iter_batches(3, seed=2), lazy.train.iter_batches(3, seed=2), strict=True):
+        torch.testing.assert_close(a.x, b.x)
+        assert torch.equal(a.mask, b.mask)
 
 
 def test_corrupt_handwriting_file_among_good_ones(tmp_path):

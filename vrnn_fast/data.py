@@ -195,7 +195,7 @@ def read_audio(path, sample_rate: int) -> np.ndarray:
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
-        raise DataError(f"cannot read audio file {path}: {e}") from e
+        raise DataError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
     if wave.shape[0] == 0:
         raise DataError(f"audio file {path} has no samples")
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
@@ -222,7 +222,7 @@ def _audio_frames_count(path: Path, audio: AudioConfig) -> int:
     try:
         info = sf.info(str(path))
     except Exception as e:
-        raise DataError(f"cannot read audio file {path}: {e}") from e
+        raise DataError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from e
     if info.frames <= 0 or info.samplerate <= 0:
         raise DataError(f"audio file {path} has no samples")
     return _resampled_length(info.frames, info.samplerate, audio.sample_rate) // audio.frame_size
@@ -535,21 +535,28 @@ class _SequenceDataset:
 class AudioDataset(_SequenceDataset):
     """Speech files as frame sequences (see the module docstring). ``files``: the audio files, in order."""
 
-    def __init__(self, files: Sequence[Path], lengths: Sequence[int], audio: AudioConfig):
+    def __init__(self, files: Sequence[Path], lengths: Sequence[int], audio: AudioConfig,
+                 decoded: Sequence[np.ndarray] | None = None):
         self.files = [Path(f) for f in files]
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.audio = audio
         self.dim = audio.frame_size
         self.segment = audio.segment_frames
         self.stream_steps = audio.segment_frames or max(1, round(0.5 * audio.sample_rate / audio.frame_size))
+        # raw frames per file index, kept when the corpus is small (given when open_splits decoded it already)
         self._cache: dict[int, np.ndarray] | None = {} if self.num_frames * self.dim * 4 <= CACHE_BYTES else None
+        if decoded is not None and self._cache is not None:
+            self._cache.update(enumerate(decoded))
 
     def _raw(self, i: int) -> np.ndarray:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         a = frames(read_audio(self.files[i], self.audio.sample_rate), self.dim)
-        n = int(self.lengths[i])  # the header's length: the index stays exact if the decoder differs by a sample
-        if len(a) != n:
+        n = int(self.lengths[i])  # from the header: the index must stay exact
+        if len(a) < n - 1:
+            raise DataError(f"audio file {self.files[i]} decoded to {len(a)} frames, its header promised {n}: "
+                            "truncated or corrupt")
+        if len(a) != n:  # a decoder may differ from the header by a sample
             a = np.concatenate([a[:n], np.zeros((max(0, n - len(a)), self.dim), np.float32)])
         if self._cache is not None:
             self._cache[i] = a
@@ -664,7 +671,8 @@ def _resolve(source, kind: str) -> tuple[str, list[Path], str]:
             files = [path]
         else:
             head = path.read_bytes()[:4096].decode("latin-1").lstrip()
-            files = [path] if head.startswith(("START", ".")) else _read_list(path)
+            is_ink = head.startswith("START") or re.match(r"\.[A-Z][A-Z_]*\s", head)  # Omniglot or UNIPEN
+            files = [path] if is_ink else _read_list(path)
     for f in files:
         if not f.exists():
             raise DataError(f"data file not found: {f}")
@@ -740,26 +748,47 @@ def _layout_split(files: list[Path], root: Path | None, seed: int, what: str):
 
 
 def _open_speech(files, root, desc, audio, seed, skip_bad):
-    good, lengths, skipped = [], [], []
+    """Index the files from their headers; a corpus small enough to cache is also decoded now, so that a file
+    whose header reads but whose data does not (a damaged FLAC) is found here, not in the middle of training."""
+    skipped = []
+
+    def bad(f, e):
+        if not skip_bad:
+            raise DataError(f"{e} (pass skip_bad=True to skip unreadable files)") from e
+        skipped.append((f, str(e)))
+
+    good, lengths = [], []
     for f in files:
         try:
             n = _audio_frames_count(f, audio)
         except DataError as e:
-            if not skip_bad:
-                raise DataError(f"{e} (pass skip_bad=True to skip unreadable files)") from e
-            skipped.append((f, str(e)))
-            continue
-        if n == 0:
-            skipped.append((f, f"shorter than one frame ({audio.frame_size} samples at {audio.sample_rate} Hz)"))
+            bad(f, e)
             continue
         good.append(f)
         lengths.append(n)
+    decoded = None
+    if sum(lengths) * audio.frame_size * 4 <= CACHE_BYTES:
+        kept, decoded = [], []
+        for f in good:
+            try:
+                decoded.append(frames(read_audio(f, audio.sample_rate), audio.frame_size))
+                kept.append(f)
+            except DataError as e:
+                bad(f, e)
+        good, lengths = kept, [len(a) for a in decoded]
+    short = {i for i, n in enumerate(lengths) if n == 0}
+    for i in sorted(short):
+        skipped.append((good[i], f"shorter than one frame ({audio.frame_size} samples at {audio.sample_rate} Hz)"))
+    keep = [i for i in range(len(good)) if i not in short]
+    good, lengths = [good[i] for i in keep], [lengths[i] for i in keep]
+    decoded = None if decoded is None else [decoded[i] for i in keep]
     if not good:
         raise DataError(f"no usable audio in {desc} ({len(skipped)} file(s) skipped)")
     train, valid, test = _layout_split(good, root, seed, f"audio source {desc}")
 
     def make(idx):
-        return AudioDataset([good[i] for i in idx], [lengths[i] for i in idx], audio)
+        return AudioDataset([good[i] for i in idx], [lengths[i] for i in idx], audio,
+                            None if decoded is None else [decoded[i] for i in idx])
 
     return make(train), make(valid), make(test), skipped
 
