@@ -106,6 +106,53 @@ def _lstm_bwd_kernel(
              (d_c * s_f).to(dc_prev_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _lstm_gemm_fwd_kernel(
+    pre_ptr, h_ptr, w_ptr, c_prev_ptr,  # (N, 4H) input part of the gates, (N, K) h_{t-1}, (4H, K) W_hh, (N, H)
+    gates_ptr, h_out_ptr, c_ptr,  # outputs: (N, 4H) full pre-activations (kept for the backward), (N, H) x 2
+    N, H, K,
+    sp_n, sp_h, sh_n, sh_k, sw_r, sw_k, scp_n, scp_h, sg_n, sg_h, sho_n, sho_h, sc_n, sc_h,  # strides
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """gates = pre + h W^T for the four gate column blocks of one (BLOCK_N, BLOCK_H) tile, then the cell update
+    as the GEMM's epilogue: the gates never round-trip through memory before the pointwise math."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok, col_ok = rows < N, cols < H
+    ok = row_ok[:, None] & col_ok[None, :]
+    acc_ty: tl.constexpr = tl.float64 if h_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_i = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_g = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_o = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    w_cols = w_ptr + cols[None, :] * sw_r  # (1, BLOCK_H): row q*H + j of W is column j of gate q's W^T
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        k_ok = ks < K
+        a = tl.load(h_ptr + rows[:, None] * sh_n + ks[None, :] * sh_k, mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        b_ok = k_ok[:, None] & col_ok[None, :]
+        b = w_cols + ks[:, None] * sw_k  # (BLOCK_K, BLOCK_H) tile of gate i's W^T
+        # fp32: full-precision products, as torch's matmul without TF32
+        acc_i = tl.dot(a, tl.load(b, mask=b_ok, other=0.0), acc_i, input_precision="ieee")
+        acc_f = tl.dot(a, tl.load(b + H * sw_r, mask=b_ok, other=0.0), acc_f, input_precision="ieee")
+        acc_g = tl.dot(a, tl.load(b + 2 * H * sw_r, mask=b_ok, other=0.0), acc_g, input_precision="ieee")
+        acc_o = tl.dot(a, tl.load(b + 3 * H * sw_r, mask=b_ok, other=0.0), acc_o, input_precision="ieee")
+    i, f, g, o = _load_gates(pre_ptr, rows, cols, ok, sp_n, sp_h, H)
+    i, f, g, o = i + acc_i, f + acc_f, g + acc_g, o + acc_o
+    gate_ty = gates_ptr.dtype.element_ty
+    base = gates_ptr + rows[:, None] * sg_n + cols[None, :] * sg_h
+    tl.store(base, i.to(gate_ty), mask=ok)
+    tl.store(base + H * sg_h, f.to(gate_ty), mask=ok)
+    tl.store(base + 2 * H * sg_h, g.to(gate_ty), mask=ok)
+    tl.store(base + 3 * H * sg_h, o.to(gate_ty), mask=ok)
+    c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
+    c = _sigmoid(f) * c_prev + _sigmoid(i) * _tanh(g)
+    h = _sigmoid(o) * _tanh(c)
+    tl.store(c_ptr + rows[:, None] * sc_n + cols[None, :] * sc_h, c.to(c_ptr.dtype.element_ty), mask=ok)
+    tl.store(h_out_ptr + rows[:, None] * sho_n + cols[None, :] * sho_h, h.to(h_out_ptr.dtype.element_ty), mask=ok)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------------------
@@ -148,13 +195,39 @@ def lstm_bwd(gates: torch.Tensor, c_prev: torch.Tensor, dh: torch.Tensor | None,
     return dgates, dc_prev
 
 
+def lstm_gemm_blocks(N: int, H: int, K: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_H, BLOCK_K) of the fused GEMM: tl.dot tiles of at least 16 (the GPU's minimum); four
+    (BLOCK_N, BLOCK_H) fp32 accumulators live. 64 x 16 x 32 is the largest that does not spill on sm_90
+    (64 x 32 spills ~200 bytes) and still lets the bf16 dots use wgmma."""
+    return max(16, min(triton.next_power_of_2(N), 64)), 16, max(16, min(triton.next_power_of_2(K), 32))
+
+
+def lstm_gemm_fwd(pre, h, w, c_prev, block_n: int | None = None, block_h: int | None = None,
+                  block_k: int | None = None):
+    """pre (N, 4H), h (N, K), w (4H, K), c_prev (N, H), all one dtype -> (gates (N, 4H), h_new, c_new (N, H)).
+
+    gates = pre + h w^T (kept for the backward, which is lstm_bwd plus two GEMMs in the caller)."""
+    N, H = c_prev.shape
+    K = h.shape[1]
+    bn, bh, bk = lstm_gemm_blocks(N, H, K)
+    bn, bh, bk = block_n or bn, block_h or bh, block_k or bk
+    gates = torch.empty((N, 4 * H), dtype=pre.dtype, device=pre.device)
+    h_new = torch.empty((N, H), dtype=pre.dtype, device=pre.device)
+    c_new = torch.empty((N, H), dtype=pre.dtype, device=pre.device)
+    _lstm_gemm_fwd_kernel[(triton.cdiv(N, bn), triton.cdiv(H, bh))](
+        pre, h, w, c_prev, gates, h_new, c_new, N, H, K, *pre.stride(), *h.stride(), *w.stride(),
+        *c_prev.stride(), *gates.stride(), *h_new.stride(), *c_new.stride(), BLOCK_N=bn, BLOCK_H=bh, BLOCK_K=bk)
+    return gates, h_new, c_new
+
+
 # ---------------------------------------------------------------------------------------------------------
 # sm_90 compile cases (tests/test_sm90_compile.py, benchmarks/kernel_resources.py)
 # ---------------------------------------------------------------------------------------------------------
 
 
 def sm90_compile_cases(hidden=(1200, 2000, 4000), batches=(64, 128)) -> list[tuple]:
-    """Both kernels for every distinct tiling at the paper's shapes (N = B rows per step), float32 and bfloat16.
+    """Every kernel for every distinct tiling at the paper's shapes (N = B rows per step, K = H for the fused
+    GEMM's recurrent weight), float32 and bfloat16 inputs.
 
     H and N are runtime arguments, so shapes sharing a tiling share a compile; the name lists the shapes.
     """
@@ -175,4 +248,15 @@ def sm90_compile_cases(hidden=(1200, 2000, 4000), batches=(64, 128)) -> list[tup
                     f"lstm_bwd[{tag};dc={int(has_dc)}]", _lstm_bwd_kernel, dtype,
                     dict(blocks, HAS_DH=True, HAS_DC=has_dc),
                     unit_strides=("sg_h", "scp_h", "sdh_h", "sdc_h", "sdg_h", "sdcp_h")))
+    gemm_tilings: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    for H in hidden:
+        for B in batches:
+            gemm_tilings.setdefault(lstm_gemm_blocks(B, H, H), []).append((B, H))
+    for (bn, bh, bk), shapes in gemm_tilings.items():
+        bs, hs = (",".join(map(str, sorted({s[i] for s in shapes}))) for i in (0, 1))
+        for dtype in (torch.float32, torch.bfloat16):
+            cases.append(compile_case(
+                f"lstm_gemm_fwd[B={bs};H=K={hs};tile={bn}x{bh}x{bk}]", _lstm_gemm_fwd_kernel, dtype,
+                dict(BLOCK_N=bn, BLOCK_H=bh, BLOCK_K=bk),
+                unit_strides=("sp_h", "sh_k", "sw_k", "scp_h", "sg_h", "sho_h", "sc_h")))
     return cases

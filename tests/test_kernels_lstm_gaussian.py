@@ -143,6 +143,44 @@ def test_lstm_mixed_dtypes_promote():
     assert h.dtype == c.dtype == torch.float32
 
 
+# ---- LSTM cell fused into the recurrent GEMM ----------------------------------------------------------
+
+
+def _gemm_ref(pre, h, weight, c_prev):
+    return ref.lstm_cell(pre + h @ weight.t(), c_prev)
+
+
+def gemm_inputs(N, H, K, seed=0, dtype=torch.float64):
+    return [_randn(N, 4 * H, seed=seed, dtype=dtype), _randn(N, K, seed=seed + 1, dtype=dtype),
+            _randn(4 * H, K, seed=seed + 2, scale=K**-0.5, dtype=dtype), _randn(N, H, seed=seed + 3, dtype=dtype)]
+
+
+@pytest.mark.parametrize("N,H,K", [(20, 37, 37), (64, 16, 50)])
+def test_lstm_gemm_float64_parity(N, H, K):
+    """Odd N, H, K: partial row, column and reduction tiles (K = 37 and 50 loop over two 32-wide k-tiles)."""
+    _compare(ops.lstm_gemm_cell, _gemm_ref, gemm_inputs(N, H, K), **F64)
+
+
+def test_lstm_gemm_non_contiguous_and_float32():
+    pre, h, weight, c_prev = gemm_inputs(5, 19, 23, seed=3)
+    weight_t = weight.t().contiguous().t()  # column-major W
+    pre_nc = torch.cat([pre, pre], 1)[:, ::2]
+    _compare(ops.lstm_gemm_cell, _gemm_ref, [pre_nc, h, weight_t, c_prev], **F64)
+    _compare(ops.lstm_gemm_cell, _gemm_ref, [t.float() for t in (pre, h, weight, c_prev)], rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_gemm_gradcheck():
+    inputs = [t.requires_grad_() for t in gemm_inputs(3, 4, 5, seed=5)]
+    assert torch.autograd.gradcheck(ops.lstm_gemm_cell, inputs)
+
+
+def test_lstm_gemm_bad_shapes():
+    pre, h, weight, c_prev = gemm_inputs(3, 4, 5)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        ops.lstm_gemm_cell(pre, h, weight[:, :4], c_prev)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.lstm_gemm_cell(pre[None], h, weight, c_prev)
+
 # ---- reparameterisation -------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ and the log-densities) return float32, or float64 for float64 inputs. Gradients 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from types import SimpleNamespace
@@ -101,6 +102,49 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     h, c = _LSTMCell.apply(gates_rows, c_rows)
     return h.reshape(*lead, H), c.reshape(*lead, H)
 
+
+
+class _LSTMGemmCell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, h, weight, c_prev):
+        gates, h_new, c_new = kl.lstm_gemm_fwd(pre, h, weight, c_prev)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(gates, h, weight, c_prev)
+        return h_new, c_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dc):
+        gates, h, weight, c_prev = ctx.saved_tensors
+        if dh is None and dc is None:
+            return None, None, None, None
+        dgates, dc_prev = kl.lstm_bwd(gates, c_prev, dh, dc)
+        dh_in = dgates @ weight if ctx.needs_input_grad[1] else None
+        dweight = dgates.t() @ h if ctx.needs_input_grad[2] else None
+        return dgates, dh_in, dweight, dc_prev
+
+
+def lstm_gemm_cell(pre: Tensor, h: Tensor, weight: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM step with the cell update as the epilogue of the recurrent GEMM: the same result as
+    ``lstm_cell(pre + h @ weight.T, c_prev)``. pre (N, 4H) (the hoisted input projection plus bias), h (N, K),
+    weight (4H, K) (W_hh, gate order [i, f, g, o]), c_prev (N, H) -> (h_new, c_new), each (N, H).
+
+    The backward is the fused cell backward plus two GEMMs in torch (dh = dgates W, dW = dgates^T h).
+    Example: ``h, c = lstm_gemm_cell(gates_x[:, t], h, rnn.weight_hh, c)``.
+    """
+    for name, t in (("pre", pre), ("h", h), ("weight", weight), ("c_prev", c_prev)):
+        if not isinstance(t, Tensor) or t.dim() != 2 or not t.is_floating_point():
+            raise ValueError(f"lstm_gemm_cell: {name} must be a 2-D floating-point tensor, got "
+                             f"{getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
+    (N, H), K = c_prev.shape, h.shape[1]
+    want = {"pre": (N, 4 * H), "h": (N, K), "weight": (4 * H, K)}
+    for name, t in (("pre", pre), ("h", h), ("weight", weight)):
+        if tuple(t.shape) != want[name] or 0 in t.shape:
+            raise ValueError(f"lstm_gemm_cell: {name} must have shape {want[name]}, got {tuple(t.shape)}")
+    if len({t.device for t in (pre, h, weight, c_prev)}) != 1:
+        raise ValueError("lstm_gemm_cell: all inputs must be on one device")
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (pre, h, weight, c_prev)))
+    return _LSTMGemmCell.apply(*(t.to(dtype) for t in (pre, h, weight, c_prev)))
 
 # ---- Gaussian head (kernels/gaussian.py) ----
 
