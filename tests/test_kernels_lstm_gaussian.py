@@ -327,6 +327,14 @@ def test_kl_broadcast_prior_and_non_contiguous():
     _compare(fast, slow, [mq, aq, mp, ap], **F64)
 
 
+def test_empty_rows():
+    x = torch.zeros(0, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    outs = [ops.gaussian_kl(x, x, x, x, FLOOR), ops.gaussian_kl(x, x, None, None, FLOOR),
+            ops.reparameterize(x, x, x, FLOOR), *ops.lstm_cell(torch.cat([x, x, x, x], -1), x)]
+    assert [tuple(o.shape) for o in outs] == [(0,), (0,), (0, 5), (0, 5), (0, 5)]
+    (grad,) = torch.autograd.grad(sum(o.sum() for o in outs), x)
+    assert grad.shape == (0, 5)
+
 # ---- errors -------------------------------------------------------------------------------------------
 
 
