@@ -3,9 +3,13 @@ exactly the signatures of their references in ``vrnn_fast.reference`` (the spec 
 
 This is the only module that joins kernels and autograd. Leading dims are broadcast as torch would and
 flattened to rows (a view where the strides allow it); the kernels take any strides. Dtypes: any floating
-dtype (float64 end to end, which only the interpreter runs; float32; bfloat16/float16 with float32 math
+dtype (float64 end to end, as the interpreter parity tests use; float32; bfloat16/float16 with float32 math
 inside). ``lstm_cell`` and ``reparameterize`` return the inputs' promoted dtype; the losses (``gaussian_kl``
 and the log-densities) return float32, or float64 for float64 inputs. Gradients come back in each input's dtype.
+
+Beyond the reference set: ``reparameterize_seeded`` (eps drawn in the kernel from a seed, regenerated in the
+backward) and ``lstm_gemm_cell`` (the cell update as the epilogue of the recurrent GEMM); FastVRNN does not
+use them yet (the op set it dispatches through has no such members).
 
 ``ops_for(x)`` picks this op set for CUDA tensors, and for CPU tensors only when ``TRITON_INTERPRET=1`` is set
 (an explicit opt-in to the slow interpreter).
