@@ -19,6 +19,7 @@ from vrnn_fast.data import (
     AudioConfig,
     DataError,
     Normalizer,
+    StrokeDataset,
     frames,
     open_splits,
     read_audio,
@@ -317,6 +318,20 @@ def test_whole_utterance_batches_have_masks(tmp_path):
     assert len(set(b.mask.sum(1).tolist())) > 1 and (b.x[~b.mask] == 0).all()
     with pytest.raises(ValueError, match="segment_seconds"):
         AudioConfig(segment_seconds=0.001)
+
+
+def test_whole_sequence_batches_are_bucketed_by_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(np.arange(1, 101))
+    ds = StrokeDataset([np.full((n, 3), float(n), np.float32) for n in lengths], [str(n) for n in lengths],
+                       ["f"] * 100)
+    batches = list(ds.iter_batches(10, seed=4))
+    got = sorted(int(x) for b in batches for x in b.x[:, 0, 0])
+    assert got == list(range(1, 101))  # each sequence once
+    assert all(int(b.mask.sum(1).max() - b.mask.sum(1).min()) <= 9 for b in batches)  # little padding
+    starts = [int(b.mask.sum(1).min()) for b in batches]
+    assert starts != sorted(starts)  # the batch order is random
+    assert len(list(ds.iter_batches(7, drop_last=True))) == 14
 
 
 def test_stream_batches_continue_rows(tmp_path):

@@ -459,12 +459,14 @@ class _SequenceDataset:
         """One pass over every sequence in batches of ``batch_size`` (the last may be smaller), carry=False.
 
         Shuffled passes depend only on (seed, epoch): sequences are read in a random order and batches are
-        drawn at random from a buffer of about ``SHUFFLE_BUFFER_BYTES`` (all of a small corpus).
+        drawn at random from a buffer of about ``SHUFFLE_BUFFER_BYTES`` (all of a small corpus). Whole
+        sequences (no segments) are bucketed: each shuffled batch holds neighbours in length, in random order.
         """
         _check_batch_size(batch_size)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.lengths)) if shuffle else np.arange(len(self.lengths))
         steps_cap = SHUFFLE_BUFFER_BYTES // (4 * self.dim) if shuffle else 0
+        bucket = shuffle and self.segment is None  # whole sequences: batch similar lengths (less padding)
         buffer: list[np.ndarray] = []
         buffered_steps = 0
         for i in order:
@@ -474,7 +476,13 @@ class _SequenceDataset:
                 buffer.append(p)
                 buffered_steps += len(p)
             while len(buffer) >= batch_size and buffered_steps >= steps_cap:
-                take = rng.choice(len(buffer), batch_size, replace=False) if shuffle else range(batch_size)
+                if not shuffle:
+                    take = range(batch_size)
+                elif bucket:  # a random sequence and the batch_size - 1 closest to it in length
+                    lens = np.array([len(p) for p in buffer])
+                    take = np.argsort(np.abs(lens - lens[rng.integers(len(buffer))]), kind="stable")[:batch_size]
+                else:
+                    take = rng.choice(len(buffer), batch_size, replace=False)
                 chosen = set(int(k) for k in take)
                 batch = [buffer[k] for k in sorted(chosen)]
                 buffer = [p for k, p in enumerate(buffer) if k not in chosen]
@@ -482,11 +490,13 @@ class _SequenceDataset:
                 yield Batch(*_collate(batch, self.dim), False)
         if shuffle:
             buffer = [buffer[k] for k in rng.permutation(len(buffer))]
-        for s in range(0, len(buffer), batch_size):
-            batch = buffer[s: s + batch_size]
-            if len(batch) < batch_size and drop_last:
-                break
-            yield Batch(*_collate(batch, self.dim), False)
+        if bucket:  # the rest: batches of neighbours in length, in random order
+            buffer = [buffer[k] for k in np.argsort([len(p) for p in buffer], kind="stable")]
+        batches = [buffer[s: s + batch_size] for s in range(0, len(buffer), batch_size)]
+        if drop_last and batches and len(batches[-1]) < batch_size:
+            batches.pop()
+        for k in rng.permutation(len(batches)) if bucket else range(len(batches)):
+            yield Batch(*_collate(batches[k], self.dim), False)
 
     def iter_stream_batches(self, batch_size: int, seed: int = 0, epoch: int = 0,
                             steps: int | None = None) -> Iterator[Batch]:
