@@ -1,10 +1,11 @@
-"""LSTM pointwise cell update (the part of a step after the gate GEMM): forward and fused backward.
+"""LSTM pointwise cell update (the part of a step after the gate GEMM): forward and fused backward; and a
+forward with the update as the epilogue of the recurrent GEMM (gates = pre + h_{t-1} W_hh^T).
 
 Dimension glossary:
   N  rows (the batch B of one step, or any flattened leading dims)     H  hidden size (1200, 2000, 4000)
-  BLOCK_N, BLOCK_H  tile sizes (powers of two)
-Layouts: gates (N, 4H) pre-activations in order [i, f, g, o] (gate q of unit j at column q*H + j, as in
-torch.nn.LSTM); c_prev, h, c, dh, dc, dc_prev (N, H); dgates (N, 4H). Any strides.
+  K  input size of the fused GEMM (= H for W_hh)                        BLOCK_N, BLOCK_H, BLOCK_K  tiles
+Layouts: gates, pre (N, 4H) pre-activations in order [i, f, g, o] (gate q of unit j at column q*H + j, as in
+torch.nn.LSTM); W_hh (4H, K); c_prev, h, c, dh, dc, dc_prev (N, H); dgates (N, 4H). Any strides.
 
 Math (fp32 inside for fp32/bf16/fp16, fp64 for fp64; tanh(x) = 2 sigmoid(2x) - 1, no libdevice):
   c = sigmoid(f) c_prev + sigmoid(i) tanh(g),   h = sigmoid(o) tanh(c)
