@@ -1,0 +1,430 @@
+"""The ``vrnn-fast`` command: train, evaluate, sample and analyze VRNNs (also ``python -m vrnn_fast``).
+
+Bad input (a missing or empty folder, an unreadable file, a damaged checkpoint, a checkpoint of another
+config) prints ``error: <message>`` on stderr and exits with code 2, without a traceback.
+Several GPUs or machines: ``torchrun --nproc-per-node N -m vrnn_fast train ...`` trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Default number of updates of `vrnn-fast train` without --steps/--epochs: the tiny preset on the shipped
+# speech set finishes in a few minutes on a 2-core CPU.
+DEFAULT_STEPS = 1500
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="vrnn-fast", formatter_class=fmt,
+        description="Train, evaluate, sample and analyze Variational RNNs (Chung et al. 2015) on speech and "
+                    "handwriting. Run `vrnn-fast <command> --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    t = sub.add_parser("train", formatter_class=fmt, help="train a model (default: tiny preset, shipped speech set)",
+                       description="Train a VRNN. Writes <out>/checkpoint.pt (latest, atomically), <out>/best.pt "
+                                   "(best validation ELBO) and <out>/metrics.jsonl. Without --data it trains the "
+                                   "tiny preset on the small speech set shipped with the package.")
+    t.add_argument("--data", help="folder of audio or handwriting files, a text file listing files, or a "
+                                  "handwriting archive (default: the shipped CMU ARCTIC slt speech set)")
+    t.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
+    t.add_argument("--preset", help="model preset (default: tiny for speech, tiny-handwriting for handwriting; "
+                                    "with --resume: the checkpoint's)")
+    t.add_argument("--steps", type=_positive_int,
+                   help=f"updates to train for, in total (default {DEFAULT_STEPS} when --epochs is not given)")
+    t.add_argument("--epochs", type=_positive_int, help="passes over the training data")
+    t.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the preset's)")
+    t.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: the preset's)")
+    t.add_argument("--clip", type=_positive_float, default=None, help="global gradient-norm clip (default 5)")
+    t.add_argument("--out", help="output folder (default: runs/<preset>)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from <out>/checkpoint.pt, or from the given checkpoint")
+    t.add_argument("--seed", type=_nonneg_int, help="seed of the split, the initialisation, the data order "
+                                                    "and the noise (default 0)")
+    t.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else "
+                                    "cpu; under torchrun cuda:LOCAL_RANK)")
+    t.add_argument("--backend", choices=("auto", "torch", "triton"), help="FastVRNN backend (default auto)")
+    t.add_argument("--tbptt", action="store_true", default=None,
+                   help="truncated BPTT: consecutive segments of per-row streams, LSTM state carried, reset "
+                        "every --reset-every updates")
+    t.add_argument("--reset-every", type=_positive_int, help="with --tbptt: updates between state resets "
+                                                             "(default 4)")
+    t.add_argument("--paper-faithful", action="store_true", default=None,
+                   help="the official optimisation scheme: clip at 5, non-finite norm -> grad = 0.1 * param, "
+                        "weight columns capped at norm 1.9365")
+    t.add_argument("--kl-warmup", type=_nonneg_int, help="updates over which the KL weight rises from 0 to 1")
+    t.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (CUDA only)")
+    t.add_argument("--eval-every", type=_positive_int, help="updates between validation runs (default 200)")
+    t.add_argument("--patience", type=_positive_int, help="stop after this many validation runs without "
+                                                          "improvement (default: never)")
+    t.add_argument("--checkpoint-every", type=_positive_int, help="updates between checkpoints (default 200)")
+    t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
+    t.add_argument("--sample-rate", type=_positive_int, default=16000, help="audio sample rate in Hz "
+                                                                            "(files are resampled to it)")
+    t.add_argument("--segment-seconds", type=_positive_float, default=0.5, help="length of training segments")
+    t.add_argument("--whole-utterances", action="store_true",
+                   help="train on whole utterances (padded and masked) instead of segments")
+
+    e = sub.add_parser("evaluate", formatter_class=fmt, help="ELBO and importance-sampled log-likelihood",
+                       description="Per-sequence and per-frame ELBO and the importance-sampled log-likelihood "
+                                   "of every sequence of a split, printed as a table (and written as JSON).")
+    _checkpoint_args(e)
+    e.add_argument("--data", help="data source (default: the one the model was trained on)")
+    e.add_argument("--split", choices=("train", "valid", "test"), default="test", help="which split")
+    e.add_argument("--n-samples", type=_nonneg_int, default=40, help="importance samples (0: ELBO only)")
+    e.add_argument("--batch-size", type=_positive_int, help="sequences per batch (default: the training one)")
+    e.add_argument("--max-batches", type=_positive_int, help="evaluate only the first batches (quick checks)")
+    e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the noise draws")
+    e.add_argument("--skip-bad", action="store_true", help="skip unreadable data files")
+
+    s = sub.add_parser("sample", formatter_class=fmt, help="generate speech (wav) or handwriting (PNG)",
+                       description="Generate sequences from a zero state, batched: speech as de-normalised "
+                                   "int16 wav files at the training sample rate, handwriting as PNG drawings.")
+    _checkpoint_args(s)
+    s.add_argument("--n", type=_positive_int, default=4, help="number of sequences")
+    s.add_argument("--steps", type=_positive_int, default=160, help="steps per sequence (160 frames = 2 s)")
+    s.add_argument("--mean", action="store_true", help="write the decoder's mean instead of a draw")
+    s.add_argument("--out", default="samples", help="output folder")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the draws")
+
+    a = sub.add_parser("analyze", formatter_class=fmt, help="the paper's Fig. 2 for one audio file",
+                       description="Plot delta_t = sum_j (mu_t,j - mu_t-1,j)^2 of the posterior means and the "
+                                   "per-step KL above the input waveform (the paper's Fig. 2) as a PNG.")
+    _checkpoint_args(a)
+    a.add_argument("--input", required=True, help="an audio file")
+    a.add_argument("--out", default="analysis.png", help="output PNG")
+    a.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the posterior sample fed back")
+    return parser
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vrnn-fast train`")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="FastVRNN backend")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 with ``error: ...`` on stderr for bad input)."""
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
+    try:
+        return handler[args.command](args)
+    except ValueError as e:  # DataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train
+
+
+def _init_distributed() -> bool:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE set); True when this process set it up."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def _train_overrides(args) -> dict:
+    """TrainConfig fields given on the command line."""
+    pairs = {"steps": args.steps, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "clip": args.clip, "seed": args.seed, "device": args.device, "backend": args.backend,
+             "tbptt": args.tbptt, "reset_every": args.reset_every, "paper_faithful": args.paper_faithful,
+             "kl_warmup_steps": args.kl_warmup, "bf16": args.bf16, "eval_every": args.eval_every,
+             "patience": args.patience, "checkpoint_every": args.checkpoint_every}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def cmd_train(args) -> int:
+    from .config import VRNNConfig
+    from .data import AudioConfig, open_splits
+    from .train import CHECKPOINT_NAME, TrainConfig, Trainer, config_mismatch, read_checkpoint
+
+    started_dist = _init_distributed()
+    try:
+        overrides = _train_overrides(args)
+        ckpt = None
+        if args.resume is not None:
+            if args.resume is True:
+                if args.out is None:
+                    raise ValueError("--resume without a checkpoint path needs --out (the run's folder)")
+                resume_path = Path(args.out) / CHECKPOINT_NAME
+            else:
+                resume_path = Path(args.resume)
+            ckpt = read_checkpoint(resume_path)
+
+        if ckpt is not None:
+            info = ckpt["data"]
+            source = args.data if args.data is not None else info.get("source")
+            audio = AudioConfig(**info["audio"]) if info.get("audio") else _audio_config(args, None)
+            seed = ckpt["train_config"].seed if args.seed is None else args.seed
+            splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=seed,
+                                 skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
+            model_config = ckpt["model_config"]
+            if args.preset is not None:
+                diff = config_mismatch(VRNNConfig.preset(args.preset), model_config)
+                if diff:
+                    raise ValueError(f"--preset {args.preset} differs from the config of checkpoint {resume_path} "
+                                     f"({diff}; preset vs checkpoint)")
+            values = ckpt["train_config"].to_dict()
+            values.update(overrides)
+            if args.out is not None:
+                values["out_dir"] = args.out
+            if "steps" not in overrides and "epochs" in overrides:
+                values["steps"] = None
+            config = TrainConfig(**values)
+        else:
+            preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
+            audio = _audio_config(args, preset_probe)
+            splits = open_splits(args.data, kind=args.kind, audio=audio, seed=args.seed or 0,
+                                 skip_bad=args.skip_bad)
+            preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
+            model_config = VRNNConfig.preset(preset)
+            if model_config.x_dim != splits.x_dim:
+                raise ValueError(f"preset {preset} expects x_dim={model_config.x_dim}, but the {splits.kind} data "
+                                 f"has {splits.x_dim} features per step")
+            if "steps" not in overrides and "epochs" not in overrides:
+                overrides["steps"] = DEFAULT_STEPS
+            elif "steps" not in overrides:
+                overrides["steps"] = None
+            overrides.setdefault("device", _default_device())
+            config = TrainConfig(out_dir=args.out or f"runs/{preset}", **overrides)
+        if started_dist and config.device.startswith("cuda"):
+            config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(torch.device(config.device))
+
+        info = {"kind": splits.kind, "source": None if args.data is None and ckpt is None else
+                str(Path(args.data).resolve()) if args.data is not None else ckpt["data"].get("source"),
+                "audio": None if splits.audio is None else _audio_dict(splits.audio),
+                "split_seed": config.seed}
+        trainer = Trainer(model_config, config, splits.train, splits.valid, splits.normalizer, info)
+        if ckpt is not None:
+            trainer.resume(resume_path)
+        rank0 = trainer.rank == 0
+        if rank0:
+            print(f"training {model_config.model}-{model_config.output} ({_n_params(trainer.model):,} parameters) on "
+                  f"{splits.kind} data: {splits.train.num_sequences} train / {splits.valid.num_sequences} valid "
+                  f"sequences; step {trainer.step} -> {config.steps or '-'} (epochs {config.epochs or '-'}), "
+                  f"batch {trainer.batch_size}, lr {trainer.lr:g}, device {config.device}, writing {config.out_dir}",
+                  file=sys.stderr)
+        summary = trainer.fit()
+        if rank0:
+            train = summary["train"]
+            best = summary["best_valid_elbo_per_frame"]
+            print(f"stopped ({summary['stopped']}) at step {summary['step']}, epoch {summary['epoch']}"
+                  + (f"; last train -ELBO/seq {train['loss']:.2f}" if train else "")
+                  + (f"; best valid ELBO/frame {best:.4f}" if best is not None else "")
+                  + f"; checkpoint {Path(config.out_dir) / CHECKPOINT_NAME}")
+        return 0
+    finally:
+        if started_dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _audio_config(args, preset):
+    from .data import AudioConfig
+
+    frame = preset.x_dim if preset is not None and preset.output != "bigmm" else 200
+    seconds = None if args.whole_utterances else args.segment_seconds
+    return AudioConfig(sample_rate=args.sample_rate, frame_size=frame, segment_seconds=seconds)
+
+
+def _audio_dict(audio) -> dict:
+    return {"sample_rate": audio.sample_rate, "frame_size": audio.frame_size,
+            "segment_seconds": audio.segment_seconds}
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluate / sample / analyze
+
+
+def _load(args):
+    from .train import load_model, read_checkpoint
+
+    ckpt = read_checkpoint(args.checkpoint)
+    model, normalizer, config = load_model(args.checkpoint, backend=args.backend, device=args.device)
+    return ckpt, model, normalizer, config
+
+
+def cmd_evaluate(args) -> int:
+    from .data import AudioConfig, open_splits
+    from .train import evaluate_model
+
+    ckpt, model, normalizer, config = _load(args)
+    info = ckpt["data"]
+    audio = AudioConfig(**info["audio"]) if info.get("audio") else AudioConfig()
+    source = args.data if args.data is not None else info.get("source")
+    splits = open_splits(source, kind=info.get("kind", "auto"), audio=audio, seed=info.get("split_seed", 0),
+                         skip_bad=args.skip_bad, normalizer=normalizer)
+    if splits.x_dim != config.x_dim:
+        raise ValueError(f"the data has {splits.x_dim} features per step, the model in {args.checkpoint} expects "
+                         f"{config.x_dim}")
+    dataset = getattr(splits, args.split)
+    batch = args.batch_size or ckpt["train_config"].batch_size or config.batch_size
+    result = evaluate_model(model, dataset, batch, n_samples=args.n_samples, seed=args.seed, device=args.device,
+                            max_batches=args.max_batches)
+    result = {"checkpoint": str(args.checkpoint), "split": args.split, "step": ckpt["progress"]["step"], **result}
+    rows = [("ELBO", "elbo"), ("  KL", "kl"), ("  NLL", "nll")]
+    print(f"{args.split} split of {source or 'the shipped speech set'}: {result['sequences']} sequences, "
+          f"{result['frames']} frames (checkpoint step {result['step']})")
+    print(f"{'':<24}{'per sequence':>16}{'per frame':>14}")
+    for label, key in rows:
+        per_frame = result[f"{key}_per_frame"]
+        per_seq = result["elbo_per_sequence"] if key == "elbo" else per_frame * result["frames"] / result["sequences"]
+        print(f"{label:<24}{per_seq:>16.3f}{per_frame:>14.4f}")
+    if args.n_samples:
+        print(f"{f'log-likelihood (IS, {args.n_samples})':<24}{result['log_likelihood_per_sequence']:>16.3f}"
+              f"{result['log_likelihood_per_frame']:>14.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    ckpt, model, normalizer, config = _load(args)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    x = model.sample(args.n, args.steps, mean_output=args.mean, generator=gen)  # (n, steps, D)
+    x = normalizer.denormalize(x.float().cpu()).numpy()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.output == "bigmm":
+        paths = [_draw_strokes(seq, out / f"sample_{i:03d}.png") for i, seq in enumerate(x)]
+    else:
+        import soundfile as sf
+
+        audio = ckpt["data"].get("audio") or {}
+        rate = audio.get("sample_rate", 16000)
+        paths = []
+        for i, seq in enumerate(x):
+            path = out / f"sample_{i:03d}.wav"
+            wave = np.clip(seq.reshape(-1), -1.0, 1.0)
+            sf.write(str(path), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16")
+            paths.append(path)
+    print(f"wrote {len(paths)} {'PNG' if config.output == 'bigmm' else 'wav'} files to {out}")
+    return 0
+
+
+def _draw_strokes(seq: np.ndarray, path: Path) -> Path:
+    """Rows [pen, dx, dy] -> a PNG of the pen trajectory, one line per stroke (pen = 1 ends a stroke)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = np.cumsum(seq[:, 1:], axis=0)
+    ends = np.flatnonzero(seq[:, 0] > 0.5) + 1
+    fig, ax = plt.subplots(figsize=(8, 2.5))
+    for stroke in np.split(points, ends):
+        if len(stroke):
+            ax.plot(stroke[:, 0], stroke[:, 1], "k-", linewidth=1.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def cmd_analyze(args) -> int:
+    from .data import frames, read_audio
+
+    ckpt, model, normalizer, config = _load(args)
+    if config.output == "bigmm":
+        raise ValueError(f"analyze works on speech models; {args.checkpoint} is a handwriting model")
+    if not config.has_latent:
+        raise ValueError(f"analyze needs a latent-variable model; {args.checkpoint} is an RNN baseline (no z)")
+    rate = (ckpt["data"].get("audio") or {}).get("sample_rate", 16000)
+    wave = read_audio(args.input, rate)
+    x = frames(wave, config.x_dim)
+    if len(x) < 2:
+        raise ValueError(f"{args.input} is shorter than two frames ({2 * config.x_dim} samples at {rate} Hz)")
+    xt = torch.from_numpy(normalizer.normalize(x).astype(np.float32, copy=False))[None].to(args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    noise = torch.randn(1, xt.shape[1], config.z_dim, generator=gen, device=args.device)
+    out = model(xt, noise=noise)
+    mu = out.z_mean[0].float().cpu()  # (T, Z)
+    delta = torch.cat([torch.zeros(1), ((mu[1:] - mu[:-1]) ** 2).sum(-1)]).numpy()  # (T,), delta_0 = 0
+    kl = out.kl[0].float().cpu().numpy()
+    _plot_analysis(wave[: len(x) * config.x_dim], rate, config.x_dim, delta, kl, Path(args.out), args.input)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _plot_analysis(wave, rate, frame, delta, kl, path: Path, title) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t_frames = (np.arange(len(kl)) + 0.5) * frame / rate
+    fig, axes = plt.subplots(3, 1, figsize=(10, 6), sharex=True)
+    axes[0].plot(t_frames, delta, color="tab:blue")
+    axes[0].set_ylabel(r"$\delta_t$")
+    axes[1].plot(t_frames, kl, color="tab:red")
+    axes[1].set_ylabel("KL")
+    axes[2].plot(np.arange(len(wave)) / rate, wave, color="k", linewidth=0.5)
+    axes[2].set_ylabel("waveform")
+    axes[2].set_xlabel("time (s)")
+    axes[0].set_title(f"posterior mean change and KL per step: {Path(title).name}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,609 @@
+"""Training: :class:`TrainConfig`, :class:`Trainer` (single process or DistributedDataParallel) and checkpoints.
+
+One step is one optimiser update on one global batch of B sequences. The loss is the mean over the batch of
+the summed -ELBO, sum_t [w_kl * KL_t + NLL_t] (w_kl < 1 only during KL warm-up). Under ``torchrun`` each of
+the W ranks takes its share of every global batch and scales its summed loss by W / B, so DDP's gradient
+average equals the single-process gradient of the same global batch. The reparameterisation noise of the
+global batch comes from one seeded generator, the same on every rank, so single- and multi-process runs see
+the same draws.
+
+Checkpoint (a dict, ``torch.load(..., weights_only=True)``-safe; written to ``<name>.tmp``, flushed, fsynced,
+then ``os.replace``d so a kill never leaves a half-written checkpoint): ``format``, ``model_config``, ``model``
+(state dict), ``optimizer``, ``train_config``, ``normalizer``, ``data`` (how the data was read), ``progress``
+(step, epoch, batch within the epoch, best valid -ELBO per frame, evaluations without improvement), ``tbptt_state``
+(the carried (h, c) of the whole global batch, or None) and ``rng`` (torch CPU/CUDA, numpy, python and the
+noise generator's states).
+
+Example::
+
+    splits = open_splits()
+    trainer = Trainer(VRNNConfig.preset("tiny"), TrainConfig(steps=500, out_dir="runs/tiny"),
+                      splits.train, splits.valid, splits.normalizer)
+    summary = trainer.fit()                     # {"step": 500, "stopped": "steps", ...}
+    model, normalizer, config = load_model("runs/tiny/checkpoint.pt")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .config import VRNNConfig
+from .data import Normalizer
+from .model import BACKENDS, FastVRNN
+
+CHECKPOINT_FORMAT = "vrnn_fast-checkpoint-1"
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+METRICS_NAME = "metrics.jsonl"
+PAPER_MAX_COLUMN_NORM = 1.9365  # the official code's cap on each non-recurrent weight column (PAPER.md)
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run.
+
+    Stops after ``steps`` updates or ``epochs`` passes over the training set, whichever comes first (at least
+    one must be set). ``lr`` / ``batch_size`` None take the model preset's. ``clip``: global gradient-norm
+    clip (None = none). ``paper_faithful``: the official scheme (PAPER.md): clip at ``clip``, a non-finite
+    gradient norm replaces each gradient by 0.1 * parameter, and after each update every non-recurrent weight
+    column is capped at L2 norm 1.9365; otherwise an update with a non-finite gradient norm is skipped.
+    ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``tbptt``: train on
+    consecutive segments of per-row streams and carry the LSTM state between them, reset every
+    ``reset_every`` updates (None: only at the start of a pass). ``bf16``: autocast on CUDA (ignored with a
+    warning on CPU). Every ``eval_every`` updates the validation -ELBO per frame is measured; training stops
+    after ``patience`` evaluations without improvement (None: never). ``checkpoint_every``: updates between
+    checkpoints (one is always written at the end).
+    """
+
+    steps: int | None = 1000
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    clip: float | None = 5.0
+    paper_faithful: bool = False
+    kl_warmup_steps: int = 0
+    tbptt: bool = False
+    reset_every: int | None = 4
+    bf16: bool = False
+    eval_every: int = 200
+    patience: int | None = None
+    checkpoint_every: int = 200
+    log_every: int = 10
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.out_dir = str(self.out_dir)
+        if self.steps is None and self.epochs is None:
+            raise ValueError("TrainConfig needs steps or epochs (or both)")
+        for name in ("steps", "epochs", "batch_size", "patience", "reset_every"):
+            _check_int(name, getattr(self, name), low=1, optional=True)
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("kl_warmup_steps", self.kl_warmup_steps, low=0)
+        _check_int("seed", self.seed, low=0)
+        for name in ("lr", "clip"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number > 0 or None, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TrainConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"TrainConfig.device: not a torch device: {self.device!r}") from e
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+def _check_int(name: str, value, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"TrainConfig.{name} must be an integer >= {low}{' or None' if optional else ''}, "
+                         f"got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def atomic_save(obj: dict, path: str | os.PathLike) -> None:
+    """torch.save to ``<path>.tmp``, fsync, then os.replace: ``path`` is always a whole checkpoint (or absent)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and check a checkpoint written by :class:`Trainer` (on the CPU). ValueError naming the file if it
+    is missing, unreadable, truncated or not a vrnn_fast checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle errors, foreign objects: all mean "not loadable"
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a vrnn_fast checkpoint (format {CHECKPOINT_FORMAT!r})")
+    try:
+        ckpt["model_config"] = VRNNConfig.from_dict(ckpt["model_config"])
+        ckpt["normalizer"] = Normalizer.from_dict(ckpt["normalizer"])
+        ckpt["train_config"] = TrainConfig.from_dict(ckpt["train_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} is damaged: {type(e).__name__}: {e}") from e
+    return ckpt
+
+
+def load_model(checkpoint_path: str | os.PathLike, backend: str = "auto",
+               device: str | torch.device = "cpu") -> tuple[FastVRNN, Normalizer, VRNNConfig]:
+    """The trained model (eval mode, on ``device``), its data normalizer and its config from a checkpoint.
+
+    Example::
+
+        model, norm, config = load_model("runs/tiny/checkpoint.pt")
+        audio = norm.denormalize(model.sample(4, 160, mean_output=True))   # (4, 160, 200) in [-1, 1] units
+    """
+    ckpt = read_checkpoint(checkpoint_path)
+    config = ckpt["model_config"]
+    model = FastVRNN(config, backend=backend)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(f"checkpoint {checkpoint_path}: model weights do not fit its config: {e}") from e
+    return model.to(device).eval(), ckpt["normalizer"], config
+
+
+def config_mismatch(expected: VRNNConfig, found: VRNNConfig) -> str:
+    """'' when equal, else 'field: expected vs found, ...' (for error messages)."""
+    a, b = expected.to_dict(), found.to_dict()
+    return ", ".join(f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_model(model: FastVRNN, dataset, batch_size: int, n_samples: int = 0, seed: int = 0,
+                   device: str | torch.device = "cpu", max_batches: int | None = None) -> dict:
+    """ELBO (and, with ``n_samples`` > 0, the importance-sampled log-likelihood) of every sequence of a dataset.
+
+    Noise comes from a generator seeded with ``seed`` (the global RNG is untouched), so the numbers are
+    reproducible. Returns sums divided per sequence and per unmasked frame: ``elbo_per_sequence``,
+    ``elbo_per_frame``, ``kl_per_frame``, ``nll_per_frame`` and, with samples, ``log_likelihood_per_sequence``
+    and ``log_likelihood_per_frame``; plus ``sequences``, ``frames``, ``n_samples``.
+    """
+    device = torch.device(device)
+    cfg = model.config
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    seqs, frames, elbo, kl, nll, ll = 0, 0, 0.0, 0.0, 0.0, 0.0
+    for k, batch in enumerate(dataset.iter_batches(batch_size, shuffle=False)):
+        if max_batches is not None and k >= max_batches:
+            break
+        x, mask = batch.x.to(device), batch.mask.to(device)
+        noise = _draw_noise(cfg, x.shape[:2], gen, device)
+        out = model(x, mask=mask, noise=noise)
+        seqs += x.shape[0]
+        frames += int(mask.sum())
+        elbo += float(out.elbo.double().sum())
+        kl += float(out.kl.double().sum())
+        nll += float(out.nll.double().sum())
+        if n_samples:
+            eps = None
+            if cfg.has_latent:
+                eps = torch.randn(n_samples, *x.shape[:2], cfg.z_dim, generator=gen, device=device)
+            ll += float(model.log_likelihood(x, mask, n_samples=n_samples, noise=eps).double().sum())
+    model.train(was_training)
+    if seqs == 0:
+        raise ValueError("evaluation set is empty: no sequences to evaluate")
+    result = {"sequences": seqs, "frames": frames, "elbo_per_sequence": elbo / seqs, "elbo_per_frame": elbo / frames,
+              "kl_per_frame": kl / frames, "nll_per_frame": nll / frames, "n_samples": n_samples}
+    if n_samples:
+        result.update(log_likelihood_per_sequence=ll / seqs, log_likelihood_per_frame=ll / frames)
+    return result
+
+
+def _draw_noise(cfg: VRNNConfig, leading, gen: torch.Generator, device) -> Tensor | None:
+    if not cfg.has_latent:
+        return None
+    return torch.randn(*leading, cfg.z_dim, generator=gen, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Trains a :class:`FastVRNN` on a dataset with the ``iter_batches`` / ``iter_stream_batches`` /
+    ``num_frames`` interface of :mod:`vrnn_fast.data`.
+
+    ``valid_data`` (optional) drives evaluation, early stopping and ``best.pt``; ``normalizer`` and
+    ``data_info`` (a JSON-able dict: kind, source, audio settings) are stored in checkpoints so a model can
+    be used on new data later. Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped
+    in DistributedDataParallel and only rank 0 writes files; every rank must call :meth:`fit`.
+    Files in ``out_dir``: ``checkpoint.pt`` (latest), ``best.pt`` (best validation ELBO), ``metrics.jsonl``.
+    """
+
+    def __init__(self, model_config: VRNNConfig, config: TrainConfig, train_data, valid_data=None,
+                 normalizer: Normalizer | None = None, data_info: dict | None = None):
+        if not isinstance(model_config, VRNNConfig):
+            raise ValueError(f"model_config must be a VRNNConfig, got {type(model_config).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+        for name, ds in (("train_data", train_data), ("valid_data", valid_data)):
+            if ds is not None and not all(hasattr(ds, a) for a in ("iter_batches", "iter_stream_batches")):
+                raise ValueError(f"{name} must be a dataset with iter_batches and iter_stream_batches")
+        if train_data is None:
+            raise ValueError("train_data is required")
+        self.model_config, self.config = model_config, config
+        self.train_data, self.valid_data = train_data, valid_data
+        self.normalizer = normalizer if normalizer is not None else Normalizer(0.0, 1.0)
+        self.data_info = dict(data_info or {})
+        self.lr = config.lr if config.lr is not None else model_config.lr
+        self.batch_size = config.batch_size if config.batch_size is not None else model_config.batch_size
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} asked for, but CUDA is not available")
+        self.use_bf16 = config.bf16 and self.device.type == "cuda"
+        if config.bf16 and not self.use_bf16:
+            warnings.warn("bf16 autocast needs a CUDA device; training in float32 on the CPU", stacklevel=2)
+
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.out_dir = Path(config.out_dir)
+
+        torch.manual_seed(config.seed)
+        self.model = FastVRNN(model_config, backend=config.backend).to(self.device)
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+        self.step = 0  # updates done
+        self.epoch = 0  # current pass over the training data
+        self.batch_in_epoch = 0  # batches of the current pass already used
+        self.best_valid: float | None = None  # best validation -ELBO per frame
+        self.bad_evals = 0
+        self.state: tuple[Tensor, Tensor] | None = None  # carried (h, c) of this rank's rows (tbptt)
+        self._stop_requested = False
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int):
+        c = self.config
+        if c.tbptt:
+            return self.train_data.iter_stream_batches(self.batch_size, seed=c.seed, epoch=epoch)
+        return self.train_data.iter_batches(self.batch_size, shuffle=True, seed=c.seed, epoch=epoch)
+
+    def _share(self, n: int) -> tuple[int, int]:
+        """Rows [lo, hi) of an n-row global batch that this rank takes (contiguous, sizes differ by <= 1)."""
+        lo = self.rank * n // self.world
+        return lo, (self.rank + 1) * n // self.world
+
+    # -- one update ----------------------------------------------------------------------------------------
+    def kl_weight(self) -> float:
+        """KL weight of the current update: min(1, (step + 1) / kl_warmup_steps), 1 without warm-up."""
+        w = self.config.kl_warmup_steps
+        return 1.0 if w == 0 else min(1.0, (self.step + 1) / w)
+
+    def _train_step(self, batch) -> dict:
+        c, cfg = self.config, self.model_config
+        x_all, mask_all = batch.x.to(self.device), batch.mask.to(self.device)
+        n = x_all.shape[0]
+        noise_all = _draw_noise(cfg, x_all.shape[:2], self.noise_gen, self.device)
+        lo, hi = self._share(n)
+        scale = self.world / n
+        carry = (c.tbptt and batch.carry and self.state is not None
+                 and not (c.reset_every and self.step % c.reset_every == 0))
+        state = self.state if carry else None
+        if hi == lo:  # more ranks than rows: run row 0 with weight 0 so every rank joins the gradient reduction
+            lo, hi, scale, state = 0, 1, 0.0, None
+        x, mask = x_all[lo:hi], mask_all[lo:hi]
+        noise = None if noise_all is None else noise_all[lo:hi]
+        w_kl = self.kl_weight()
+        self.model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+            out = self.net(x, mask=mask, noise=noise, state=state)
+        kl_rows, nll_rows = out.kl.float().sum(1), out.nll.float().sum(1)
+        loss = (w_kl * kl_rows + nll_rows).sum() * scale
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm, skipped = self._clip_and_step()
+        if c.tbptt:  # an empty share keeps an empty (0, H) state
+            self.state = tuple(s.detach()[: 0 if scale == 0 else None] for s in out.state)
+        self.step += 1
+        self.batch_in_epoch += 1
+        sums = torch.tensor([float(kl_rows.detach().sum()), float(nll_rows.detach().sum()), float(mask.sum()),
+                             hi - lo], dtype=torch.float64) * (scale != 0)
+        if self.distributed:
+            sums = sums.to(self.device)
+            dist.all_reduce(sums)
+        kl_sum, nll_sum, n_frames, rows = sums.tolist()
+        return {"loss": (kl_sum + nll_sum) / rows, "kl": kl_sum / rows, "nll": nll_sum / rows,
+                "loss_per_frame": (kl_sum + nll_sum) / max(n_frames, 1), "frames": int(n_frames),
+                "grad_norm": grad_norm, "kl_weight": w_kl, "skipped": skipped}
+
+    def _clip_and_step(self) -> tuple[float, bool]:
+        """Clip, guard against a non-finite gradient norm, step, and (paper_faithful) cap weight columns."""
+        c = self.config
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip is not None else math.inf))
+        if not math.isfinite(norm):
+            if not c.paper_faithful:
+                self.optimizer.zero_grad(set_to_none=True)
+                return norm, True
+            with torch.no_grad():
+                for p in params:
+                    p.grad.copy_(0.1 * p)
+        self.optimizer.step()
+        if c.paper_faithful:
+            self._cap_columns()
+        return norm, False
+
+    @torch.no_grad()
+    def _cap_columns(self) -> None:
+        """Scale every column of each non-recurrent weight matrix (a torch row: one output unit's input weights)
+        down to L2 norm at most 1.9365; the LSTM's recurrent weight_hh is left alone."""
+        for name, p in self.model.named_parameters():
+            if p.dim() == 2 and not name.endswith("weight_hh"):
+                norms = p.norm(dim=1, keepdim=True)
+                p.mul_(torch.clamp(PAPER_MAX_COLUMN_NORM / norms.clamp_min(1e-12), max=1.0))
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until ``steps`` / ``epochs`` / early stopping / Ctrl-C, checkpointing along the way.
+
+        Ctrl-C (SIGINT) finishes the current update, writes a checkpoint and returns; a second Ctrl-C
+        interrupts at once (the last checkpoint stays intact). Returns a summary dict with ``step``,
+        ``epoch``, ``stopped`` ("steps" | "epochs" | "early_stopping" | "interrupted"), ``best_valid_elbo_per_frame``
+        and the last ``train`` metrics.
+        """
+        from tqdm.auto import tqdm
+
+        c = self.config
+        bar = tqdm(total=c.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=self.rank != 0 or not sys.stderr.isatty())
+        previous_handler = self._install_sigint()
+        stopped, last, saved_step = None, {}, None
+        window_frames, window_start = 0, time.perf_counter()
+        try:
+            stopped = self._done()
+            while stopped is None:
+                it = iter(self._epoch_batches(self.epoch))
+                for _ in range(self.batch_in_epoch):  # resume mid-pass: skip the batches already used
+                    next(it, None)
+                used = self.batch_in_epoch
+                for batch in it:
+                    last = self._train_step(batch)
+                    used += 1
+                    window_frames += last["frames"]
+                    if self.step % c.log_every == 0:
+                        elapsed = time.perf_counter() - window_start
+                        last["frames_per_s"] = window_frames / max(elapsed, 1e-9)
+                        self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.lr, **last})
+                        window_frames, window_start = 0, time.perf_counter()
+                        bar.set_postfix(loss=f"{last['loss']:.1f}", fps=f"{last['frames_per_s']:.0f}")
+                    bar.update(1)
+                    stopped = self._after_step()
+                    if self.step % c.checkpoint_every == 0 or stopped is not None:
+                        self.save_checkpoint()
+                        saved_step = self.step
+                    if stopped is not None:
+                        break
+                else:
+                    if used == 0:
+                        raise ValueError("the training set yields no batches")
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self.state = None
+                    stopped = self._done()
+            if saved_step != self.step:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        return {"step": self.step, "epoch": self.epoch, "stopped": stopped,
+                "best_valid_elbo_per_frame": None if self.best_valid is None else -self.best_valid, "train": last}
+
+    def _done(self) -> str | None:
+        c = self.config
+        if c.steps is not None and self.step >= c.steps:
+            return "steps"
+        if c.epochs is not None and self.epoch >= c.epochs:
+            return "epochs"
+        return None
+
+    def _after_step(self) -> str | None:
+        """Evaluation / early stopping / interruption after an update; the reason to stop, or None."""
+        c = self.config
+        if self.valid_data is not None and self.step % c.eval_every == 0:
+            result = self.evaluate(self.valid_data)
+            neg = -result["elbo_per_frame"]
+            improved = self.best_valid is None or neg < self.best_valid
+            if improved:
+                self.best_valid, self.bad_evals = neg, 0
+                self.save_checkpoint(self.out_dir / BEST_NAME)
+            else:
+                self.bad_evals += 1
+            self._log({"kind": "valid", "step": self.step, "epoch": self.epoch, "improved": improved, **result})
+            if c.patience is not None and self.bad_evals >= c.patience:
+                return "early_stopping"
+        if self._stop_flag():
+            return "interrupted"
+        if c.steps is not None and self.step >= c.steps:
+            return "steps"
+        return None
+
+    def _install_sigint(self):
+        if self.rank != 0 and self.distributed:
+            return None
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self._stop_requested:  # second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                self._stop_requested = True
+                print("\ninterrupt: finishing this update and writing a checkpoint (Ctrl-C again to abort)",
+                      file=sys.stderr)
+
+            signal.signal(signal.SIGINT, handler)
+            return previous
+        except ValueError:  # not the main thread
+            return None
+
+    def _stop_flag(self) -> bool:
+        """True once Ctrl-C was pressed (on rank 0); every rank agrees."""
+        if not self.distributed:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def evaluate(self, dataset, n_samples: int = 0, max_batches: int | None = None) -> dict:
+        """:func:`evaluate_model` of the current model on ``dataset`` (batches of the training batch size)."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+            return evaluate_model(self.model, dataset, self.batch_size, n_samples, seed=self.config.seed,
+                                  device=self.device, max_batches=max_batches)
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {**record, "time": time.time()}
+        with open(self.out_dir / METRICS_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _global_state(self) -> tuple[Tensor, Tensor] | None:
+        """The carried (h, c) of the whole global batch on the CPU (gathered from every rank under DDP)."""
+        local = None if self.state is None else tuple(s.detach().cpu() for s in self.state)
+        if not self.distributed:
+            return local
+        parts = [None] * self.world
+        dist.all_gather_object(parts, local)
+        if any(p is None for p in parts):
+            return None
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(2))
+
+    def checkpoint_dict(self) -> dict:
+        """Everything needed to resume exactly (see the module docstring). Collective under DDP."""
+        np_state = np.random.get_state()
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+               "numpy": {"name": np_state[0], "key": torch.from_numpy(np_state[1].astype(np.int64)),
+                         "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+               "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model_config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_config": self.config.to_dict(),
+            "normalizer": self.normalizer.to_dict(),
+            "data": self.data_info,
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "best_valid": self.best_valid, "bad_evals": self.bad_evals, "world_size": self.world},
+            "tbptt_state": self._global_state(),
+            "rng": rng,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``); only rank 0 writes."""
+        path = Path(path) if path is not None else self.out_dir / CHECKPOINT_NAME
+        ckpt = self.checkpoint_dict()
+        if self.rank == 0:
+            atomic_save(ckpt, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike, restore_training: bool = True) -> dict:
+        """Load model weights (and with ``restore_training`` the optimiser, RNG states, progress and the
+        carried state) from a checkpoint. ValueError naming the file when it is unreadable or was written
+        for another model config."""
+        ckpt = read_checkpoint(path)
+        diff = config_mismatch(self.model_config, ckpt["model_config"])
+        if diff:
+            raise ValueError(f"checkpoint {path} was written for another model config ({diff}; this run vs "
+                             f"checkpoint)")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if restore_training:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(f"checkpoint {path} does not fit this model: {e}") from e
+        self.normalizer = ckpt["normalizer"]
+        if not restore_training:
+            return ckpt
+        try:
+            prog, rng = ckpt["progress"], ckpt["rng"]
+            self.step, self.epoch, self.batch_in_epoch = prog["step"], prog["epoch"], prog["batch_in_epoch"]
+            self.best_valid, self.bad_evals = prog["best_valid"], prog["bad_evals"]
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.noise_gen.set_state(rng["noise"])
+            n = rng["numpy"]
+            np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                 n["cached"]))
+            random.setstate(_as_tuple(rng["python"]))
+            state = ckpt["tbptt_state"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"checkpoint {path} is damaged (training state): {type(e).__name__}: {e}") from e
+        self.state = None
+        if state is not None and self.config.tbptt:
+            lo, hi = self._share(state[0].shape[0])
+            self.state = tuple(s[lo:hi].to(self.device) for s in state)
+        return ckpt
+
+    def resume(self, path: str | os.PathLike | None = None) -> dict:
+        """Continue exactly where the checkpoint (default ``out_dir/checkpoint.pt``) stopped."""
+        return self.load_checkpoint(path if path is not None else self.out_dir / CHECKPOINT_NAME)
+
+
+def _as_tuple(value):
+    """Python's random state with lists turned back into tuples (as random.setstate wants)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
