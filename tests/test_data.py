@@ -4,6 +4,7 @@ and the real sets in ../shared/data (skipped when absent)."""
 from __future__ import annotations
 
 import io
+import math
 import tarfile
 import warnings
 import zipfile
@@ -71,6 +72,24 @@ def test_read_audio_mixes_channels_down(tmp_path):
     left, right = sine(1600, 16000), sine(1600, 16000, hz=1000)
     path = write_wav(tmp_path / "stereo.wav", np.stack([left, right], 1), 16000, subtype="FLOAT")
     np.testing.assert_allclose(read_audio(path, 16000), (left + right) / 2, atol=1e-6)
+
+
+def test_read_audio_extreme_values(tmp_path):
+    loud = write_wav(tmp_path / "loud.wav", np.array([0.5, 3.0, -7.0, 0.0] * 100, np.float32), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(read_audio(loud, 16000)[:4], [0.5, 1.0, -1.0, 0.0])  # clipped to [-1, 1]
+    nan = write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan] * 100, np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match="nan.wav.*non-finite"):
+        read_audio(nan, 16000)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(DataError, match="empty.wav"):
+        read_audio(empty, 16000)
+    with pytest.raises(ValueError, match="sample_rate"):
+        read_audio(loud, 0)
+    bad_configs = (dict(sample_rate=0), dict(frame_size=2.5), dict(segment_seconds=-1), dict(segment_seconds=math.nan))
+    for bad in bad_configs:
+        with pytest.raises(ValueError, match="AudioConfig"):
+            AudioConfig(**bad)
+    assert AudioConfig().segment_frames == 40 and AudioConfig(segment_seconds=None).segment_frames is None
 
 
 def test_frames_non_overlapping_tail_dropped():
@@ -412,6 +431,11 @@ def test_missing_source_and_no_audio(tmp_path):
         open_splits(tmp_path / "two")
     with pytest.raises(ValueError, match="kind"):
         open_splits(tmp_path / "two", kind="video")
+    (tmp_path / "l.xml").write_text(iam_xml([[(0, 0), (1, 1)]]))
+    with pytest.raises(DataError, match="not an audio file.*l.xml"):
+        open_splits([tmp_path / "l.xml"] * 3, kind="speech")
+    with pytest.raises(DataError, match="mixes audio"):
+        open_splits([tmp_path / "l.xml", tmp_path / "two" / "utt000.wav"])
     with pytest.raises(DataError, match="not found"):
         read_audio(tmp_path / "absent.wav", 16000)
 
