@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 from vrnn_fast.kernels import densities as kd  # noqa: E402
 
-from vrnn_fast import _draft_density_ops as ops  # noqa: E402
 from vrnn_fast import reference as ref  # noqa: E402
+from vrnn_fast import triton_ops as ops  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FLOOR = 1e-4

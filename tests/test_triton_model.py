@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from vrnn_fast.kernels import densities as kd
 from vrnn_fast.kernels import gaussian as kg
 from vrnn_fast.kernels import lstm as kl
 
@@ -52,8 +53,9 @@ def _counting(monkeypatch, module, name, calls):
 @pytest.mark.parametrize("model", MODELS)
 def test_triton_backend_matches_torch_float64(model, output, monkeypatch):
     calls = {}
+    density = {"gauss": "gaussian_nll", "gmm": "gmm_nll", "bigmm": "bigmm_nll"}[output]
     for module, name in [(kl, "lstm_fwd"), (kl, "lstm_bwd"), (kg, "reparam_fwd"), (kg, "reparam_bwd"),
-                         (kg, "kl_fwd"), (kg, "kl_bwd")]:
+                         (kg, "kl_fwd"), (kg, "kl_bwd"), (kd, f"{density}_fwd"), (kd, f"{density}_bwd")]:
         _counting(monkeypatch, module, name, calls)
     cfg = small_config(model, output)
     torch.manual_seed(0)
@@ -83,6 +85,7 @@ def test_triton_backend_matches_torch_float64(model, output, monkeypatch):
         torch.testing.assert_close(got_grads[name], g, **tol, msg=name)
     torch.testing.assert_close(got_dx, ref_dx, **tol)
     steps = x.shape[1]
+    assert calls[f"{density}_fwd"] == calls[f"{density}_bwd"] == 1  # all steps at once
     assert calls["lstm_fwd"] == calls["lstm_bwd"] == steps  # the Triton kernels really ran, every step
     if cfg.has_latent:
         assert calls["reparam_fwd"] == calls["reparam_bwd"] == steps
