@@ -19,7 +19,7 @@ import torch
 
 # Default number of updates of `vrnn-fast train` without --steps/--epochs: the tiny preset on the shipped
 # speech set finishes in a few minutes on a 2-core CPU.
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 4000
 
 
 def _positive_int(text: str) -> int:
