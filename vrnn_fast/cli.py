@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=_positive_int, help="stop after this many validation runs without "
                                                           "improvement (default: never)")
     t.add_argument("--checkpoint-every", type=_positive_int, help="updates between checkpoints (default 200)")
+    t.add_argument("--log-every", type=_positive_int, help="updates between metrics lines (default 10)")
     t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
     t.add_argument("--sample-rate", type=_positive_int, default=16000, help="audio sample rate in Hz "
                                                                             "(files are resampled to it)")
@@ -147,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 with ``error: ...`` on stderr for bad input)."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
-    try:
-        return handler[args.command](args)
-    except ValueError as e:  # DataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # warnings (e.g. skipped files) as plain `warning: ...` lines
+        warnings.showwarning = _show_warning
+        try:
+            return handler[args.command](args)
+        except ValueError as e:  # DataError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,7 +185,8 @@ def _train_overrides(args) -> dict:
              "clip": args.clip, "seed": args.seed, "device": args.device, "backend": args.backend,
              "tbptt": args.tbptt, "reset_every": args.reset_every, "paper_faithful": args.paper_faithful,
              "kl_warmup_steps": args.kl_warmup, "bf16": args.bf16, "eval_every": args.eval_every,
-             "patience": args.patience, "checkpoint_every": args.checkpoint_every}
+             "patience": args.patience, "checkpoint_every": args.checkpoint_every,
+             "log_every": args.log_every}
     return {k: v for k, v in pairs.items() if v is not None}
 
 

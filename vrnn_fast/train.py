@@ -59,7 +59,8 @@ class TrainConfig:
 
     Stops after ``steps`` updates or ``epochs`` passes over the training set, whichever comes first (at least
     one must be set). ``lr`` / ``batch_size`` None take the model preset's. ``clip``: global gradient-norm
-    clip (None = none). ``paper_faithful``: the official scheme (PAPER.md): clip at ``clip``, a non-finite
+    clip (None = none). The loss is the batch mean, i.e. gradients are already divided by the batch size as in
+    the official code. ``paper_faithful``: the official scheme (PAPER.md): clip at ``clip``, a non-finite
     gradient norm replaces each gradient by 0.1 * parameter, and after each update every non-recurrent weight
     column is capped at L2 norm 1.9365; otherwise an update with a non-finite gradient norm is skipped.
     ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``tbptt``: train on
@@ -256,6 +257,7 @@ class Trainer:
     be used on new data later. Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped
     in DistributedDataParallel and only rank 0 writes files; every rank must call :meth:`fit`.
     Files in ``out_dir``: ``checkpoint.pt`` (latest), ``best.pt`` (best validation ELBO), ``metrics.jsonl``.
+    Construction seeds the global torch, numpy and python RNGs with ``config.seed`` (the initialisation).
     """
 
     def __init__(self, model_config: VRNNConfig, config: TrainConfig, train_data, valid_data=None,
