@@ -212,8 +212,8 @@ def cmd_train(args) -> int:
             info = ckpt["data"]
             source = args.data if args.data is not None else info.get("source")
             audio = AudioConfig(**info["audio"]) if info.get("audio") else _audio_config(args, None)
-            seed = ckpt["train_config"].seed if args.seed is None else args.seed
-            splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=seed,
+            split_seed = info.get("split_seed", ckpt["train_config"].seed)  # the same split as before
+            splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=split_seed,
                                  skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
             model_config = ckpt["model_config"]
             if args.preset is not None:
@@ -231,8 +231,8 @@ def cmd_train(args) -> int:
         else:
             preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
             audio = _audio_config(args, preset_probe)
-            splits = open_splits(args.data, kind=args.kind, audio=audio, seed=args.seed or 0,
-                                 skip_bad=args.skip_bad)
+            split_seed = args.seed or 0
+            splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
             preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
             model_config = VRNNConfig.preset(preset)
             if model_config.x_dim != splits.x_dim:
@@ -248,10 +248,12 @@ def cmd_train(args) -> int:
             config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(torch.device(config.device))
 
-        info = {"kind": splits.kind, "source": None if args.data is None and ckpt is None else
-                str(Path(args.data).resolve()) if args.data is not None else ckpt["data"].get("source"),
-                "audio": None if splits.audio is None else _audio_dict(splits.audio),
-                "split_seed": config.seed}
+        if args.data is not None:
+            source = str(Path(args.data).resolve())
+        else:  # the shipped set (None), or the source the resumed run was trained on
+            source = None if ckpt is None else ckpt["data"].get("source")
+        info = {"kind": splits.kind, "source": source, "split_seed": split_seed,
+                "audio": None if splits.audio is None else _audio_dict(splits.audio)}
         trainer = Trainer(model_config, config, splits.train, splits.valid, splits.normalizer, info)
         if ckpt is not None:
             trainer.resume(resume_path)

@@ -478,8 +478,7 @@ class Trainer:
         return None
 
     def _install_sigint(self):
-        if self.rank != 0 and self.distributed:
-            return None
+        """Ctrl-C sets a flag (every rank gets SIGINT from the terminal; ranks agree in _stop_flag)."""
         try:
             previous = signal.getsignal(signal.SIGINT)
 
@@ -496,7 +495,7 @@ class Trainer:
             return None
 
     def _stop_flag(self) -> bool:
-        """True once Ctrl-C was pressed (on rank 0); every rank agrees."""
+        """True once Ctrl-C was pressed on any rank; every rank agrees."""
         if not self.distributed:
             return self._stop_requested
         flag = torch.tensor([float(self._stop_requested)], device=self.device)
