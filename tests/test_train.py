@@ -197,7 +197,8 @@ def _ddp_worker(rank, world, init_file, out_dir, configs):
 
 # No clipping: the all-reduced gradients themselves are compared (Adam's updates hide a wrong scale).
 DDP_CONFIGS = [("plain", dict(steps=4, clip=None, eval_every=2, checkpoint_every=2)),
-               ("tbptt", dict(steps=5, clip=None, tbptt=True, reset_every=None, eval_every=10, checkpoint_every=3))]
+               ("tbptt", dict(steps=5, clip=None, tbptt=True, reset_every=None, eval_every=10, checkpoint_every=3)),
+               ("one-row", dict(steps=2, clip=None, batch_size=1, tbptt=True))]  # rank 0 gets no rows
 
 
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
@@ -221,7 +222,7 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
         assert ckpt["progress"]["world_size"] == 2 and ckpt["progress"]["step"] == kw["steps"]
         if kw.get("tbptt"):
             mine = read_checkpoint(tmp_path / "one" / name / "checkpoint.pt")["tbptt_state"]
-            assert ckpt["tbptt_state"][0].shape == (5, 7)
+            assert ckpt["tbptt_state"][0].shape == (kw.get("batch_size", 5), 7)
             torch.testing.assert_close(ckpt["tbptt_state"][0], mine[0], atol=1e-5, rtol=0)
     assert not (tmp_path / "ddp" / "plain" / "checkpoint.pt.tmp").exists()
 
