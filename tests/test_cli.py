@@ -83,6 +83,10 @@ def test_evaluate_prints_table_and_writes_json(speech_run, capsys, tmp_path):
     code, text2, _ = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--n-samples", "3")
     assert text2.splitlines()[:6] == text.splitlines()[:6]
     assert run(capsys, "evaluate", "--checkpoint", out / "best.pt", "--split", "valid", "--n-samples", "0")[0] == 0
+    code, _, _ = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--n-samples", "0",
+                     "--whole-utterances", "--json", tmp_path / "w.json")
+    whole = json.loads((tmp_path / "w.json").read_text())
+    assert code == 0 and whole["frames"] == result["frames"] and whole["sequences"] < result["sequences"]
 
 
 def test_sample_writes_16khz_int16_wavs(speech_run, capsys, tmp_path):

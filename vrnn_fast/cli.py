@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the results to this JSON file")
     e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the noise draws")
     e.add_argument("--skip-bad", action="store_true", help="skip unreadable data files")
+    e.add_argument("--whole-utterances", action="store_true",
+                   help="speech: score whole utterances instead of the training run's segments")
 
     s = sub.add_parser("sample", formatter_class=fmt, help="generate speech (wav) or handwriting (PNG)",
                        description="Generate sequences from a zero state, batched: speech as de-normalised "
@@ -320,6 +322,8 @@ def cmd_evaluate(args) -> int:
     ckpt, model, normalizer, config = _load(args)
     info = ckpt["data"]
     audio = AudioConfig(**info["audio"]) if info.get("audio") else AudioConfig()
+    if args.whole_utterances:
+        audio = AudioConfig(sample_rate=audio.sample_rate, frame_size=audio.frame_size, segment_seconds=None)
     source = args.data if args.data is not None else info.get("source")
     splits = open_splits(source, kind=info.get("kind", "auto"), audio=audio, seed=info.get("split_seed", 0),
                          skip_bad=args.skip_bad, normalizer=normalizer)
