@@ -53,8 +53,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' only where there is a default worth showing and the help does not say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from .config import VRNNConfig
+
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="vrnn-fast", formatter_class=fmt,
         description="Train, evaluate, sample and analyze Variational RNNs (Chung et al. 2015) on speech and "
@@ -69,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "handwriting archive (default: the shipped CMU ARCTIC slt speech set)")
     t.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
     t.add_argument("--preset", help="model preset (default: tiny for speech, tiny-handwriting for handwriting; "
-                                    "with --resume: the checkpoint's)")
+                                    f"with --resume: the checkpoint's); one of {', '.join(VRNNConfig.presets())}")
     t.add_argument("--steps", type=_positive_int,
                    help=f"updates to train for, in total (default {DEFAULT_STEPS} when --epochs is not given)")
     t.add_argument("--epochs", type=_positive_int, help="passes over the training data")
