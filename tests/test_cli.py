@@ -231,6 +231,14 @@ def test_bad_checkpoints(tmp_path, capsys):
     _assert_clean_error(code, err, "--resume without a checkpoint path needs --out")
 
 
+def test_unwritable_output_is_a_clean_error(speech_run, capsys, tmp_path):
+    _, out = speech_run
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(capsys, "sample", "--checkpoint", out / "checkpoint.pt", "--out", blocker / "sub")
+    _assert_clean_error(code, err, "file")
+
+
 def test_analyze_bad_input_file(speech_run, capsys, tmp_path):
     _, out = speech_run
     code, _, err = run(capsys, "analyze", "--checkpoint", out / "checkpoint.pt", "--input", tmp_path / "nope.wav")

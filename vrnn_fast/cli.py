@@ -1,7 +1,8 @@
 """The ``vrnn-fast`` command: train, evaluate, sample and analyze VRNNs (also ``python -m vrnn_fast``).
 
 Bad input (a missing or empty folder, an unreadable file, a damaged checkpoint, a checkpoint of another
-config) prints ``error: <message>`` on stderr and exits with code 2, without a traceback.
+config, an output path that cannot be written) prints ``error: <message>`` on stderr and exits with code 2,
+without a traceback.
 Several GPUs or machines: ``torchrun --nproc-per-node N -m vrnn_fast train ...`` trains with DDP.
 """
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return handler[args.command](args)
-        except ValueError as e:  # DataError is a ValueError
+        except (ValueError, OSError) as e:  # DataError is a ValueError; OSError: e.g. an unwritable --out
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
