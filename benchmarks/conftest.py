@@ -138,6 +138,17 @@ def results() -> Results:
     return _results
 
 
+@pytest.fixture
+def time_left(request):
+    """A function returning the seconds left of ``--bench-budget-s`` (inf without a budget)."""
+    budget = request.config.getoption("--bench-budget-s")
+
+    def left() -> float:
+        return budget - (time.monotonic() - request.config.stash[_START]) if budget else float("inf")
+
+    return left
+
+
 @pytest.fixture(autouse=True)
 def _free_memory():
     """Each case starts with the previous case's tensors and cached blocks gone."""
