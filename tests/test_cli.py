@@ -127,6 +127,22 @@ def test_resume_continues_and_rejects_another_config(speech_run, capsys, tmp_pat
     assert code == 2 and err.startswith("error:") and "checkpoint.pt" in err and "h_dim" in err
 
 
+def test_split_seed_fixes_the_split_across_seeds(speech_run, capsys, tmp_path):
+    data, _ = speech_run
+    runs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        code, _, err = run(capsys, "train", "--data", data, "--out", out, "--seed", seed, "--split-seed", "7",
+                           *TRAIN_FAST)
+        assert code == 0, err
+        runs.append(read_checkpoint(out / "checkpoint.pt"))
+    assert [r["data"]["split_seed"] for r in runs] == [7, 7]
+    assert [r["train_config"].seed for r in runs] == [1, 2]
+    assert not torch.equal(runs[0]["model"]["rnn.weight_hh"], runs[1]["model"]["rnn.weight_hh"])
+    code, _, err = run(capsys, "train", "--resume", "--out", tmp_path / "seed1", "--split-seed", "8", "--steps", "5")
+    assert code == 2 and "--split-seed 8" in err and "split seed 7" in err
+
+
 def test_default_data_is_the_shipped_speech_set(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "train", "--steps", "2", "--eval-every", "100", "--device", "cpu")

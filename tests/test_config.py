@@ -47,7 +47,7 @@ def _n_params(cfg, monkeypatch):
         return sum(p.numel() for p in ReferenceVRNN(cfg).parameters())
 
 
-@pytest.mark.parametrize("dataset", ["timit", "accent"])
+@pytest.mark.parametrize("dataset", ["timit", "accent", "cpu-speech", "cpu-handwriting"])
 @pytest.mark.parametrize("output", ["gauss", "gmm"])
 def test_rnn_baselines_are_parameter_matched(dataset, output, monkeypatch):
     rnn = _n_params(VRNNConfig.preset(f"{dataset}-rnn-{output}"), monkeypatch)

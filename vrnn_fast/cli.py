@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default: runs/<preset>)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from <out>/checkpoint.pt, or from the given checkpoint")
-    t.add_argument("--seed", type=_nonneg_int, help="seed of the split, the initialisation, the data order "
-                                                    "and the noise (default 0)")
+    t.add_argument("--seed", type=_nonneg_int, help="seed of the initialisation, the data order, the noise and "
+                                                    "(unless --split-seed is given) the split (default 0)")
+    t.add_argument("--split-seed", type=_nonneg_int,
+                   help="seed of the train/valid/test split alone, to compare seeds on one split (default: --seed)")
     t.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else "
                                     "cpu; under torchrun cuda:LOCAL_RANK)")
     t.add_argument("--backend", choices=("auto", "torch", "triton"), help="FastVRNN backend (default auto)")
@@ -227,6 +229,9 @@ def cmd_train(args) -> int:
             source = args.data if args.data is not None else info.get("source")
             audio = AudioConfig(**info["audio"]) if info.get("audio") else _audio_config(args, None)
             split_seed = info.get("split_seed", ckpt["train_config"].seed)  # the same split as before
+            if args.split_seed is not None and args.split_seed != split_seed:
+                raise ValueError(f"--split-seed {args.split_seed} differs from the split seed {split_seed} of "
+                                 f"checkpoint {resume_path}; a resumed run keeps its split")
             splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=split_seed,
                                  skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
             model_config = ckpt["model_config"]
@@ -245,7 +250,7 @@ def cmd_train(args) -> int:
         else:
             preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
             audio = _audio_config(args, preset_probe)
-            split_seed = args.seed or 0
+            split_seed = args.split_seed if args.split_seed is not None else args.seed or 0
             splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
             preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
             model_config = VRNNConfig.preset(preset)

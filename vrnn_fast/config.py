@@ -135,6 +135,25 @@ def _build_presets() -> dict[str, VRNNConfig]:
     for model in MODELS:
         for kind, n_mix in (("gmm", 20), ("gauss", 1)):
             p[f"iamondb-{model}-{kind}"] = VRNNConfig(**iam, **iam_mlps, model=model, n_mix=n_mix)
+    # CPU-sized versions of the speech and IAM-OnDB families for docs/reproduction.md (Table 1 on a 2-core
+    # CPU): speech LSTM 256, z 32, 2 ReLU layers of 256; handwriting LSTM 128, z 16, one layer (phi_x, dec 128;
+    # phi_z, enc, prior 64). RNN baselines are parameter-matched to the VRNN with the same output (within 1%).
+    cpu_speech = dict(x_dim=200, z_dim=32, h_dim=256, batch_size=32, lr=1e-3)
+    all256 = _mlps(phi_x=(256, 2), phi_z=(256, 2), enc=(256, 2), prior=(256, 2), dec=(256, 2))
+    p["cpu-speech-vrnn-gauss"] = VRNNConfig(**cpu_speech, **all256, model="vrnn", output="gauss")
+    p["cpu-speech-vrnn-gmm"] = VRNNConfig(**cpu_speech, **all256, model="vrnn", output="gmm")
+    p["cpu-speech-vrnn-i-gauss"] = VRNNConfig(**cpu_speech, **all256, model="vrnn-i", output="gauss")
+    p["cpu-speech-rnn-gauss"] = VRNNConfig(**cpu_speech, **_mlps(phi_x=(483, 2), dec=(483, 2)), model="rnn",
+                                           output="gauss")
+    p["cpu-speech-rnn-gmm"] = VRNNConfig(**cpu_speech, **_mlps(phi_x=(328, 2), dec=(328, 2)), model="rnn",
+                                         output="gmm")
+    cpu_hw = dict(x_dim=3, z_dim=16, h_dim=128, batch_size=32, lr=1e-3, output="bigmm")
+    cpu_hw_mlps = _mlps(phi_x=(128, 1), phi_z=(64, 1), enc=(64, 1), prior=(64, 1), dec=(128, 1))
+    for kind, n_mix, rnn_width in (("gmm", 20, 221), ("gauss", 1, 237)):
+        for model in ("vrnn", "vrnn-i"):
+            p[f"cpu-handwriting-{model}-{kind}"] = VRNNConfig(**cpu_hw, **cpu_hw_mlps, model=model, n_mix=n_mix)
+        rnn_mlps = _mlps(phi_x=(rnn_width, 1), dec=(rnn_width, 1))
+        p[f"cpu-handwriting-rnn-{kind}"] = VRNNConfig(**cpu_hw, **rnn_mlps, model="rnn", n_mix=n_mix)
     # Quick CPU runs and tests.
     tiny_mlps = _mlps(phi_x=(64, 1), phi_z=(32, 1), enc=(64, 1), prior=(64, 1), dec=(64, 1))
     p["tiny"] = VRNNConfig(x_dim=200, z_dim=16, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
