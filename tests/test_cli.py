@@ -68,7 +68,7 @@ def test_train_writes_checkpoints_and_metrics(speech_run):
     assert ckpt["train_config"].batch_size == 4
     assert (out / "best.pt").is_file()
     kinds = [json.loads(s)["kind"] for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert kinds.count("valid") == 1
+    assert kinds.count("valid") == 2  # after update 2 (--eval-every 2) and after the last, 3
 
 
 def test_evaluate_prints_table_and_writes_json(speech_run, capsys, tmp_path):
@@ -121,7 +121,7 @@ def test_resume_continues_and_rejects_another_config(speech_run, capsys, tmp_pat
     assert code == 0, err
     assert read_checkpoint(run_dir / "checkpoint.pt")["progress"]["step"] == 5
     log = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if r["kind"] == "valid"] == [4]  # continued from 3: evaluated only at 4
+    assert [r["step"] for r in log if r["kind"] == "valid"] == [4, 5]  # continued from 3: at 4 and the last
     code, _, err = run(capsys, "train", "--resume", run_dir / "checkpoint.pt", "--preset", "timit-vrnn-gauss",
                        "--out", run_dir)
     assert code == 2 and err.startswith("error:") and "checkpoint.pt" in err and "h_dim" in err

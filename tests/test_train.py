@@ -132,6 +132,18 @@ def test_resume_equals_straight_run(tmp_path, options):
         torch.testing.assert_close(straight.state[0], resumed.state[0])
 
 
+@pytest.mark.parametrize("limit, expected", [(dict(steps=5), [2, 4, 5]), (dict(steps=None, epochs=2), [2, 4, 6]),
+                                             (dict(steps=None, epochs=1), [2, 3])])
+def test_last_update_is_validated(tmp_path, limit, expected):
+    """Validation runs every eval_every updates and after the last one, so best.pt can be the final model."""
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), eval_every=2, checkpoint_every=1000, **limit)
+    Trainer(small_config(), cfg, make_data(), make_data(4, seed=1), Normalizer(0.5, 2.0)).fit()
+    log = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "valid"] == expected  # 3 batches a pass
+    best = [r["step"] for r in log if r["kind"] == "valid" and r["improved"]][-1]
+    assert read_checkpoint(tmp_path / "run" / "best.pt")["progress"]["step"] == best
+
+
 def test_tbptt_state_is_carried_and_reset(tmp_path, monkeypatch):
     """State goes in on carry batches, except every reset_every updates and on a pass's first batch."""
     seen = []

@@ -66,9 +66,10 @@ class TrainConfig:
     ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``tbptt``: train on
     consecutive segments of per-row streams and carry the LSTM state between them, reset every
     ``reset_every`` updates (None: only at the start of a pass). ``bf16``: autocast on CUDA (ignored with a
-    warning on CPU). Every ``eval_every`` updates the validation -ELBO per frame is measured; training stops
-    after ``patience`` evaluations without improvement (None: never). ``checkpoint_every``: updates between
-    checkpoints (one is always written at the end).
+    warning on CPU). Every ``eval_every`` updates, and after the last one (``steps`` or ``epochs`` reached), the
+    validation -ELBO per frame is measured (a new best is saved as best.pt); training stops after ``patience``
+    evaluations without improvement (None: never). ``checkpoint_every``: updates between checkpoints (one is
+    always written at the end).
     """
 
     steps: int | None = 1000
@@ -307,6 +308,7 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current pass already used
         self.best_valid: float | None = None  # best validation -ELBO per frame
         self.bad_evals = 0
+        self.last_valid_step: int | None = None
         self.state: tuple[Tensor, Tensor] | None = None  # carried (h, c) of this rank's rows (tbptt)
         self._stop_requested = False
 
@@ -439,6 +441,8 @@ class Trainer:
                     self.batch_in_epoch = 0
                     self.state = None
                     stopped = self._done()
+                    if stopped == "epochs" and self.valid_data is not None and self.last_valid_step != self.step:
+                        self._validate()  # the last pass's model is a candidate for best.pt too
             if saved_step != self.step:
                 self.save_checkpoint()
         finally:
@@ -459,23 +463,27 @@ class Trainer:
     def _after_step(self) -> str | None:
         """Evaluation / early stopping / interruption after an update; the reason to stop, or None."""
         c = self.config
-        if self.valid_data is not None and self.step % c.eval_every == 0:
-            result = self.evaluate(self.valid_data)
-            neg = -result["elbo_per_frame"]
-            improved = self.best_valid is None or neg < self.best_valid
-            if improved:
-                self.best_valid, self.bad_evals = neg, 0
-                self.save_checkpoint(self.out_dir / BEST_NAME)
-            else:
-                self.bad_evals += 1
-            self._log({"kind": "valid", "step": self.step, "epoch": self.epoch, "improved": improved, **result})
+        final = c.steps is not None and self.step >= c.steps
+        if self.valid_data is not None and (self.step % c.eval_every == 0 or final):
+            self._validate()
             if c.patience is not None and self.bad_evals >= c.patience:
                 return "early_stopping"
         if self._stop_flag():
             return "interrupted"
-        if c.steps is not None and self.step >= c.steps:
-            return "steps"
-        return None
+        return "steps" if final else None
+
+    def _validate(self) -> None:
+        """Validation -ELBO per frame of the current model; a new best is saved as best.pt."""
+        result = self.evaluate(self.valid_data)
+        neg = -result["elbo_per_frame"]
+        improved = self.best_valid is None or neg < self.best_valid
+        if improved:
+            self.best_valid, self.bad_evals = neg, 0
+            self.save_checkpoint(self.out_dir / BEST_NAME)
+        else:
+            self.bad_evals += 1
+        self.last_valid_step = self.step
+        self._log({"kind": "valid", "step": self.step, "epoch": self.epoch, "improved": improved, **result})
 
     def _install_sigint(self):
         """Ctrl-C sets a flag (every rank gets SIGINT from the terminal; ranks agree in _stop_flag)."""
