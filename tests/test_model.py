@@ -119,11 +119,12 @@ def test_importance_sampling_estimate(model):
     if cfg.has_latent:
         single = fast.log_likelihood(x, mask, n_samples=1, noise=noise[None])
         torch.testing.assert_close(single, ref(x, mask, noise, return_log_weight=True).log_weight)
-    # Chunking (max_rows) does not change the estimate; padding is ignored.
+    # Chunking (max_frames) does not change the estimate; padding is ignored.
     g = torch.Generator().manual_seed(5)
     many = torch.randn(7, *x.shape[:2], cfg.z_dim, generator=g, dtype=x.dtype) if cfg.has_latent else None
     full = fast.log_likelihood(x, mask, n_samples=7, noise=many)
-    torch.testing.assert_close(fast.log_likelihood(x, mask, n_samples=7, noise=many, max_rows=5), full)
+    five_samples = 5 * x.shape[0] * x.shape[1]  # chunks of 5 and 2 samples
+    torch.testing.assert_close(fast.log_likelihood(x, mask, n_samples=7, noise=many, max_frames=five_samples), full)
     torch.testing.assert_close(ref.log_likelihood(x, mask, n_samples=7, noise=many), full)
     x2 = x.clone()
     x2[~mask] = -7.0
