@@ -61,6 +61,9 @@ SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 DEFAULT_SPEECH: Path = Path(__file__).resolve().parent / "datasets" / "cmu_arctic_slt"
 
 
+SKIP_BAD_HINT = "skip_bad=True, or --skip-bad on the command line, skips unreadable files"
+
+
 class DataError(ValueError):
     """Any problem with input data; the message names the file or folder."""
 
@@ -764,7 +767,7 @@ def _open_speech(files, root, desc, audio, seed, skip_bad):
 
     def bad(f, e):
         if not skip_bad:
-            raise DataError(f"{e} (pass skip_bad=True to skip unreadable files)") from e
+            raise DataError(f"{e} ({SKIP_BAD_HINT})") from e
         skipped.append((f, str(e)))
 
     good, lengths = [], []
@@ -810,7 +813,7 @@ def _open_handwriting(files, desc, seed, skip_bad):
             seqs.extend((f, n, a) for n, a in _read_stroke_sequences(f))
         except DataError as e:
             if not skip_bad:
-                raise DataError(f"{e} (pass skip_bad=True to skip unreadable files)") from e
+                raise DataError(f"{e} ({SKIP_BAD_HINT})") from e
             skipped.append((f, str(e)))
     if not seqs:
         raise DataError(f"no handwriting sequences in {desc} ({len(skipped)} file(s) skipped)")

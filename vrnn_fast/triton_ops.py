@@ -45,32 +45,36 @@ def _check_floor(op: str, floor) -> float:
     return float(floor)
 
 
-def _as_rows(op: str, parts: list[tuple[str, Tensor, int]], mask: Tensor | None = None):
-    """Checks and flattens (name, tensor (..., width)) parts to a common dtype and broadcast leading shape.
-
-    Returns (leading shape, [(N, width) tensors], mask (N,) or None); N = prod(leading shape)."""
-    first_name, first = parts[0][0], parts[0][1]
-    lead_shapes, dtype = [], None
-    for name, t, width in parts:
+def _rows(op: str, parts: list[tuple[str, Tensor, tuple]], mask: Tensor | None = None):
+    """Checks and flattens inputs to a common dtype and broadcast leading shape. parts: (name, tensor, event
+    shape); a str in an event shape ("D", "K") is a size that must agree across tensors. Returns (leading
+    shape, [(N, *event) tensors], mask (N,) or None); N = prod(leading shape)."""
+    first = parts[0][1]
+    dtype, sizes, events, lead_shapes = None, {}, [], []
+    for name, t, event in parts:
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise ValueError(f"{op}: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
         if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
-        if t.dim() == 0 or t.shape[-1] != width or width == 0:
-            raise ValueError(f"{op}: {name} must end in a non-empty dim of size {width}, got shape {tuple(t.shape)}")
-        lead_shapes.append(t.shape[:-1])
+            raise ValueError(f"{op}: {name} is on {t.device} but {parts[0][0]} is on {first.device}")
+        got = tuple(t.shape[t.dim() - len(event):]) if t.dim() >= len(event) else None
+        pairs = zip(event, got or event, strict=True)
+        want = tuple(sizes.setdefault(e, g) if isinstance(e, str) else e for e, g in pairs)
+        if got is None or got != want or 0 in got:
+            raise ValueError(f"{op}: {name} must end in non-empty dims {event} = {want}, got shape {tuple(t.shape)}")
         dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+        events.append(got)
+        lead_shapes.append(t.shape[: t.dim() - len(event)])
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             raise ValueError(f"{op}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
         if mask.device != first.device:
-            raise ValueError(f"{op}: mask is on {mask.device} but {first_name} is on {first.device}")
+            raise ValueError(f"{op}: mask is on {mask.device} but {parts[0][0]} is on {first.device}")
         lead_shapes.append(mask.shape)
     try:
         lead = torch.broadcast_shapes(*lead_shapes)
     except RuntimeError as err:
         raise ValueError(f"{op}: leading dims do not broadcast: {[tuple(s) for s in lead_shapes]}") from err
-    rows = [t.to(dtype).expand(*lead, width).reshape(-1, width) for _, t, width in parts]
+    rows = [t.to(dtype).expand(*lead, *ev).reshape(-1, *ev) for (_, t, _), ev in zip(parts, events, strict=True)]
     return lead, rows, None if mask is None else mask.expand(lead).reshape(-1)
 
 
@@ -102,7 +106,7 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(c_prev, Tensor) or c_prev.dim() == 0:
         raise ValueError(f"lstm_cell: c_prev must be a (..., H) tensor, got {getattr(c_prev, 'shape', c_prev)!r}")
     H = c_prev.shape[-1]
-    lead, (gates_rows, c_rows), _ = _as_rows("lstm_cell", [("gates", gates, 4 * H), ("c_prev", c_prev, H)])
+    lead, (gates_rows, c_rows), _ = _rows("lstm_cell", [("gates", gates, (4 * H,)), ("c_prev", c_prev, (H,))])
     h, c = _LSTMCell.apply(gates_rows, c_rows)
     return h.reshape(*lead, H), c.reshape(*lead, H)
 
@@ -176,7 +180,7 @@ def reparameterize(mu: Tensor, a: Tensor, eps: Tensor, floor: float) -> Tensor:
     """
     floor = _check_floor("reparameterize", floor)
     Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
-    lead, (mu, a, eps), _ = _as_rows("reparameterize", [("mu", mu, Z), ("a", a, Z), ("eps", eps, Z)])
+    lead, (mu, a, eps), _ = _rows("reparameterize", [("mu", mu, (Z,)), ("a", a, (Z,)), ("eps", eps, (Z,))])
     return _Reparameterize.apply(mu, a, eps, 0, floor).reshape(*lead, Z)
 
 
@@ -190,7 +194,7 @@ def reparameterize_seeded(mu: Tensor, a: Tensor, seed: int, floor: float) -> Ten
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"reparameterize_seeded: seed must be an int in [0, 2**63), got {seed!r}")
     Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
-    lead, (mu, a), _ = _as_rows("reparameterize_seeded", [("mu", mu, Z), ("a", a, Z)])
+    lead, (mu, a), _ = _rows("reparameterize_seeded", [("mu", mu, (Z,)), ("a", a, (Z,))])
     return _Reparameterize.apply(mu, a, None, seed, floor).reshape(*lead, Z)
 
 
@@ -218,11 +222,10 @@ def gaussian_kl(mu_q: Tensor, a_q: Tensor, mu_p: Tensor | None, a_p: Tensor | No
     floor = _check_floor("gaussian_kl", floor)
     if (mu_p is None) != (a_p is None):
         raise ValueError("gaussian_kl: mu_p and a_p must both be tensors, or both None (standard normal prior)")
-    Z = mu_q.shape[-1] if isinstance(mu_q, Tensor) and mu_q.dim() else -1
-    parts = [("mu_q", mu_q, Z), ("a_q", a_q, Z)]
+    parts = [("mu_q", mu_q, ("Z",)), ("a_q", a_q, ("Z",))]
     if mu_p is not None:
-        parts += [("mu_p", mu_p, Z), ("a_p", a_p, Z)]
-    lead, rows, mask = _as_rows("gaussian_kl", parts, mask)
+        parts += [("mu_p", mu_p, ("Z",)), ("a_p", a_p, ("Z",))]
+    lead, rows, mask = _rows("gaussian_kl", parts, mask)
     mu_q, a_q, mu_p, a_p = (*rows, None, None) if len(rows) == 2 else rows
     return _GaussianKL.apply(mu_q, a_q, mu_p, a_p, floor, mask).reshape(lead)
 
@@ -231,40 +234,6 @@ def gaussian_kl(mu_q: Tensor, a_q: Tensor, mu_p: Tensor | None, a_p: Tensor | No
 # Losses come out in float32 for float32/bfloat16/float16 inputs and in float64 for float64 inputs (the
 # kernels' math dtype); gradients come back in each input's dtype. Leading dims are broadcast as torch would
 # and flattened to rows (a view where the strides allow it, else reshape copies); the kernels take any strides.
-
-
-def _rows(op: str, parts: list[tuple[str, Tensor, tuple]], floor: float, mask: Tensor | None):
-    """Checks and flattens density inputs. parts: (name, tensor, event shape); a str in an event shape ("D",
-    "K") is a size that must agree across tensors. Returns (leading shape, [(N, *event) tensors], mask (N,))."""
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor < 0:
-        raise ValueError(f"{op}: floor must be a finite number >= 0, got {floor!r}")
-    first = parts[0][1]
-    dtype, sizes, events, lead_shapes = None, {}, [], []
-    for name, t, event in parts:
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
-        if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {parts[0][0]} is on {first.device}")
-        got = tuple(t.shape[t.dim() - len(event):]) if t.dim() >= len(event) else None
-        pairs = zip(event, got or event, strict=True)
-        want = tuple(sizes.setdefault(e, g) if isinstance(e, str) else e for e, g in pairs)
-        if got is None or got != want or 0 in got:
-            raise ValueError(f"{op}: {name} must end in non-empty dims {event} = {want}, got shape {tuple(t.shape)}")
-        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-        events.append(got)
-        lead_shapes.append(t.shape[: t.dim() - len(event)])
-    if mask is not None:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"{op}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
-        if mask.device != first.device:
-            raise ValueError(f"{op}: mask is on {mask.device} but {parts[0][0]} is on {first.device}")
-        lead_shapes.append(mask.shape)
-    try:
-        lead = torch.broadcast_shapes(*lead_shapes)
-    except RuntimeError as err:
-        raise ValueError(f"{op}: leading dims do not broadcast: {[tuple(s) for s in lead_shapes]}") from err
-    rows = [t.to(dtype).expand(*lead, *ev).reshape(-1, *ev) for (_, t, _), ev in zip(parts, events, strict=True)]
-    return lead, rows, None if mask is None else mask.expand(lead).reshape(-1)
 
 
 class _GaussianNLL(torch.autograd.Function):
@@ -317,9 +286,10 @@ def gaussian_nll(x: Tensor, mu: Tensor, a: Tensor, floor: float, mask: Tensor | 
     for float64 inputs; exactly 0 with zero gradient where ``mask`` is False).
     Example: ``gaussian_nll(x, mu, a, 1e-4, mask).sum().backward()`` with x, mu, a (B, T, D), mask (B, T).
     """
+    floor = _check_floor("gaussian_nll", floor)
     parts = [("x", x, ("D",)), ("mu", mu, ("D",)), ("a", a, ("D",))]
-    lead, (x, mu, a), mask = _rows("gaussian_nll", parts, floor, mask)
-    return _GaussianNLL.apply(x, mu, a, float(floor), mask).reshape(lead)
+    lead, (x, mu, a), mask = _rows("gaussian_nll", parts, mask)
+    return _GaussianNLL.apply(x, mu, a, floor, mask).reshape(lead)
 
 
 def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask: Tensor | None = None) -> Tensor:
@@ -330,9 +300,10 @@ def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask
     reuses the (N, K) responsibilities); drop-in for ``reference.gmm_nll``, same dtype and mask rules as
     ``gaussian_nll``. Example: ``gmm_nll(x, mu, a, logits, 1e-4)`` with D = 200, K = 20.
     """
+    floor = _check_floor("gmm_nll", floor)
     parts = [("x", x, ("D",)), ("mu", mu, ("D", "K")), ("a", a, ("D", "K")), ("logits", logits, ("K",))]
-    lead, (x, mu, a, logits), mask = _rows("gmm_nll", parts, floor, mask)
-    return _GmmNLL.apply(x, mu, a, logits, float(floor), mask).reshape(lead)
+    lead, (x, mu, a, logits), mask = _rows("gmm_nll", parts, mask)
+    return _GmmNLL.apply(x, mu, a, logits, floor, mask).reshape(lead)
 
 
 def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor, pen_logit: Tensor,
@@ -343,10 +314,11 @@ def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor,
     Fused Triton kernels (the backward recomputes the forward); drop-in for ``reference.bigmm_nll``, same
     dtype and mask rules as ``gaussian_nll``.
     """
+    floor = _check_floor("bigmm_nll", floor)
     parts = [("x", x, (3,)), ("mu", mu, (2, "K")), ("a", a, (2, "K")), ("rho_raw", rho_raw, ("K",)),
              ("logits", logits, ("K",)), ("pen_logit", pen_logit, ())]
-    lead, (x, mu, a, rho_raw, logits, pen_logit), mask = _rows("bigmm_nll", parts, floor, mask)
-    return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, float(floor), mask).reshape(lead)
+    lead, (x, mu, a, rho_raw, logits, pen_logit), mask = _rows("bigmm_nll", parts, mask)
+    return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, floor, mask).reshape(lead)
 
 
 TRITON_OPS = SimpleNamespace(
