@@ -455,7 +455,9 @@ def _plot_analysis(wave, rate, frame, delta, kl, path: Path, title) -> None:
     axes[2].plot(np.arange(len(wave)) / rate, wave, color="k", linewidth=0.5)
     axes[2].set_ylabel("waveform")
     axes[2].set_xlabel("time (s)")
-    axes[0].set_title(f"posterior mean change and KL per step: {Path(title).name}")
+    name = Path(title).name
+    name = name if len(name) <= 50 else f"{name[:24]}...{name[-23:]}"  # long names would run off the figure
+    axes[0].set_title(f"posterior mean change and KL per step: {name}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
