@@ -151,6 +151,7 @@ def load_results(runs: Path) -> dict:
                 out = run_dir(runs, d, m, s)
                 r = json.loads((out / "test.json").read_text())
                 ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+                r["checkpoint"] = os.path.relpath(r["checkpoint"], REPO)
                 r["parameters"] = sum(v.numel() for v in ckpt["model"].values())
                 r["best_step"] = ckpt["progress"]["step"]
                 seconds = out / "seconds.txt"
