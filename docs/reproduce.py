@@ -153,7 +153,7 @@ def load_results(runs: Path) -> dict:
                 ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
                 r["checkpoint"] = os.path.relpath(r["checkpoint"], REPO)
                 r["parameters"] = sum(v.numel() for v in ckpt["model"].values())
-                r["best_step"] = ckpt["progress"]["step"]
+                r["best_step"] = r["step"]  # the scored checkpoint's update
                 seconds = out / "seconds.txt"
                 r["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
                 results.setdefault(d, {}).setdefault(m, {})[s] = r
@@ -184,14 +184,10 @@ def checks_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def spread(values) -> str:
+def spread(values, digits: int = 1) -> str:
+    """'mean [min, max]' of the values over seeds."""
     values = np.asarray(values, dtype=float)
-    return f"{values.mean():.1f} [{values.min():.1f}, {values.max():.1f}]"
-
-
-def spread3(values) -> str:
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]"
+    return f"{values.mean():.{digits}f} [{values.min():.{digits}f}, {values.max():.{digits}f}]"
 
 
 def table(results: dict, data_set: str) -> str:
@@ -205,9 +201,9 @@ def table(results: dict, data_set: str) -> str:
         runs = [rows[m][s] for s in SEEDS]
         lines.append(f"| {name} | {runs[0]['parameters']:,} | {spread([r['elbo_per_sequence'] for r in runs])} | "
                      f"{spread([r['log_likelihood_per_sequence'] for r in runs])} | "
-                     f"{spread3([r['elbo_per_frame'] for r in runs])} | "
-                     f"{spread3([r['log_likelihood_per_frame'] for r in runs])} | "
-                     f"{spread3([r['kl_per_frame'] for r in runs])} | "
+                     f"{spread([r['elbo_per_frame'] for r in runs], 3)} | "
+                     f"{spread([r['log_likelihood_per_frame'] for r in runs], 3)} | "
+                     f"{spread([r['kl_per_frame'] for r in runs], 3)} | "
                      f"{', '.join(str(r['best_step']) for r in runs)} |")
     return "\n".join(lines)
 
