@@ -59,10 +59,19 @@ def test_rnn_baselines_are_parameter_matched(dataset, output, monkeypatch):
     (dict(model="lstm"), "model"), (dict(output="laplace"), "output"), (dict(h_dim=0), "h_dim"),
     (dict(z_dim=2.5), "z_dim"), (dict(enc_layers=-1), "enc_layers"), (dict(sigma_floor=0.0), "sigma_floor"),
     (dict(output="bigmm", x_dim=200), "x_dim"), (dict(output="gmm", n_mix=1), "n_mix"),
+    (dict(sigma_floor=float("inf")), "sigma_floor"), (dict(sigma_floor=1e30), "sigma_floor"),
+    (dict(sigma_floor=float("nan")), "sigma_floor"), (dict(init_scale=float("inf")), "init_scale"),
+    (dict(init_scale=2.0), "init_scale"), (dict(lr=1e300), "lr"), (dict(lr=True), "lr"),
+    (dict(sigma_bias_init=float("-inf")), "sigma_bias_init"), (dict(sigma_floor="1e-4"), "sigma_floor"),
 ])
 def test_invalid_values_are_named(changes, word):
     with pytest.raises(ValueError, match=word):
         VRNNConfig.preset("tiny", **changes)
+
+
+def test_bounds_are_inclusive():
+    cfg = VRNNConfig.preset("tiny", sigma_floor=1.0, init_scale=1.0, lr=10.0, sigma_bias_init=-3)
+    assert (cfg.sigma_floor, cfg.init_scale, cfg.lr) == (1.0, 1.0, 10.0)
 
 
 def test_unknown_preset_and_fields():

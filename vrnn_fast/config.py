@@ -7,11 +7,14 @@ Dimension glossary used throughout the package:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 MODELS = ("vrnn", "vrnn-i", "rnn")
 OUTPUTS = ("gauss", "gmm", "bigmm")
 _BLOCKS = ("phi_x", "phi_z", "enc", "prior", "dec")
+# Upper bounds of the float options (see VRNNConfig): beyond them a model cannot train (z-scored data).
+FLOAT_BOUNDS = {"sigma_floor": 1.0, "init_scale": 1.0, "lr": 10.0}
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,10 @@ class VRNNConfig:
     ``"gauss"``, a ``K = n_mix`` component diagonal ``"gmm"`` over the whole frame, or ``"bigmm"``
     (handwriting: bivariate GMM with correlation on (dx, dy) plus a Bernoulli pen bit; x_dim = 3).
     ``lr`` and ``batch_size`` are the preset's training defaults.
+
+    Bounds: ``sigma_floor`` in (0, 1] (the data is z-scored: a floor above 1 would forbid any sharper fit),
+    ``init_scale`` in (0, 1] (uniform init; wider saturates every layer), ``lr`` in (0, 10] (Adam moves each
+    weight by about lr per step) and a finite ``sigma_bias_init``.
     """
 
     x_dim: int = 200
@@ -59,9 +66,12 @@ class VRNNConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("sigma_floor", "lr", "init_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name, high in FLOAT_BOUNDS.items():
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value <= high:
+                raise ValueError(f"{name} must be a number in (0, {high:g}], got {value!r}")
+        if not _is_number(self.sigma_bias_init) or not math.isfinite(self.sigma_bias_init):
+            raise ValueError(f"sigma_bias_init must be a finite number, got {self.sigma_bias_init!r}")
         if self.output == "bigmm" and self.x_dim != 3:
             raise ValueError(f"output='bigmm' models [pen, dx, dy]: x_dim must be 3, got {self.x_dim}")
         if self.output == "gmm" and self.n_mix < 2:
@@ -96,6 +106,10 @@ class VRNNConfig:
     def presets() -> list[str]:
         """Names of all presets."""
         return sorted(_PRESETS)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _mlps(**widths_and_depths) -> dict:
