@@ -415,11 +415,14 @@ def test_ctrl_c_finishes_the_update_and_checkpoints(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(steps=None, epochs=None), "steps or epochs"),
     (dict(steps=0), "steps must be an integer >= 1"),
-    (dict(lr=-1.0), "lr must be a finite number > 0"),
+    (dict(lr=-1.0), r"lr must be a finite number in \(0, 10\]"),
+    (dict(lr=1e300), "lr"),
     (dict(clip=float("nan")), "clip"),
     (dict(backend="cuda"), "backend"),
     (dict(device="gpu0"), "not a torch device"),
+    (dict(device="meta"), "device 'meta' is not supported"),
     (dict(kl_warmup_steps=-1), "kl_warmup_steps"),
+    (dict(max_skipped_updates=0), "max_skipped_updates"),
 ])
 def test_train_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):

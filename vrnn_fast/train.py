@@ -11,8 +11,13 @@ Checkpoint (a dict, ``torch.load(..., weights_only=True)``-safe; written to ``<n
 then ``os.replace``d so a kill never leaves a half-written checkpoint): ``format``, ``model_config``, ``model``
 (state dict), ``optimizer``, ``train_config``, ``normalizer``, ``data`` (how the data was read), ``progress``
 (step, epoch, batch within the epoch, best valid -ELBO per frame, evaluations without improvement), ``tbptt_state``
-(the carried (h, c) of the whole global batch, or None) and ``rng`` (torch CPU/CUDA, numpy, python and the
-noise generator's states).
+(the carried (h, c) of the whole global batch, or None), ``rng`` (torch CPU/CUDA, numpy, python and the
+noise generator's states) and ``checksum`` (sha256 of all the rest, verified on load: a flipped byte is
+refused). Checkpoints with non-finite weights are never written and never loaded.
+
+Reliability: one run per output folder (``run.lock``, see :func:`run_lock`); SIGINT, SIGTERM and SIGHUP
+finish the update, write a checkpoint and stop (``stopped="interrupted"``, ``signal`` in the summary);
+:class:`TrainingDiverged` stops a run whose updates keep failing or whose validation ELBO is not finite.
 
 Example::
 
@@ -25,7 +30,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -42,14 +50,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .config import VRNNConfig
+from .config import FLOAT_BOUNDS, VRNNConfig
 from .data import Normalizer
 from .model import BACKENDS, FastVRNN
 
-CHECKPOINT_FORMAT = "vrnn_fast-checkpoint-1"
+CHECKPOINT_FORMAT = "vrnn_fast-checkpoint-2"  # 2: with a checksum
+OLD_FORMATS = ("vrnn_fast-checkpoint-1",)  # still read, without a checksum to verify
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = "run.lock"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DEVICE_TYPES = ("cpu", "cuda")
 PAPER_MAX_COLUMN_NORM = 1.9365  # the official code's cap on each non-recurrent weight column (PAPER.md)
 
 
@@ -69,7 +81,9 @@ class TrainConfig:
     warning on CPU). Every ``eval_every`` updates, and after the last one (``steps`` or ``epochs`` reached), the
     validation -ELBO per frame is measured (a new best is saved as best.pt); training stops after ``patience``
     evaluations without improvement (None: never). ``checkpoint_every``: updates between checkpoints (one is
-    always written at the end).
+    always written at the end). ``max_skipped_updates``: that many updates in a row with a non-finite loss or
+    gradient norm stop the run with :class:`TrainingDiverged`. ``lr`` is at most 10; ``device`` is a cpu or
+    cuda device.
     """
 
     steps: int | None = 1000
@@ -86,6 +100,7 @@ class TrainConfig:
     patience: int | None = None
     checkpoint_every: int = 200
     log_every: int = 10
+    max_skipped_updates: int = 10
     out_dir: str = "runs/tiny"
     seed: int = 0
     device: str = "cpu"
@@ -97,20 +112,20 @@ class TrainConfig:
             raise ValueError("TrainConfig needs steps or epochs (or both)")
         for name in ("steps", "epochs", "batch_size", "patience", "reset_every"):
             _check_int(name, getattr(self, name), low=1, optional=True)
-        for name in ("eval_every", "checkpoint_every", "log_every"):
+        for name in ("eval_every", "checkpoint_every", "log_every", "max_skipped_updates"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("kl_warmup_steps", self.kl_warmup_steps, low=0)
         _check_int("seed", self.seed, low=0)
-        for name in ("lr", "clip"):
+        for name, high in (("lr", FLOAT_BOUNDS["lr"]), ("clip", math.inf)):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number > 0 or None, got {value!r}")
+            if value is not None and not (_is_number(value) and 0 < value <= high and math.isfinite(value)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number in (0, {high:g}] or None, got {value!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"TrainConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"TrainConfig.device: not a torch device: {self.device!r}") from e
+            parse_device(self.device)
+        except ValueError as e:
+            raise ValueError(f"TrainConfig.device: {e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,6 +136,27 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return cls(**values)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_device(name, check_available: bool = False) -> torch.device:
+    """``name`` as a cpu or cuda torch.device; with ``check_available``, a cuda device must exist here.
+    ValueError naming the problem otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"not a torch device: {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"device {name!r} is not supported (use cpu, cuda or cuda:N)")
+    if check_available and device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def _check_int(name: str, value, low: int, optional: bool = False) -> None:
@@ -135,21 +171,108 @@ def _check_int(name: str, value, low: int, optional: bool = False) -> None:
 # Checkpoint files
 
 
+class TrainingDiverged(RuntimeError):
+    """Training stopped: updates kept failing (non-finite loss or gradients) or the validation ELBO is not
+    finite. The files in the output folder are the last ones written with finite weights."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal during training: stopped at once (the last checkpoint is intact)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _RecordingWriter:
+    """A file wrapper that keeps the OSError of a failed write (torch.save turns it into a RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to ``<path>.tmp``, fsync, then os.replace: ``path`` is always a whole checkpoint (or absent)."""
+    """torch.save to ``<path>.tmp``, fsync, then os.replace: ``path`` is always a whole checkpoint (or absent).
+
+    On any failure the ``.tmp`` is removed and ``path`` keeps its previous content; an OS error (a full disk,
+    a read-only folder) is raised as one OSError naming ``path`` and the reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    writer = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+            raise OSError(f"cannot write {path}: {reason} (the previous {path.name}, if any, is intact)") from e
+        raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (power loss) where the OS allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def checkpoint_digest(ckpt: dict) -> str:
+    """sha256 of every field but ``checksum``: tensors by dtype, shape and bytes, other values by type and repr
+    (so it is the same before saving and after loading)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def _feed(h, value) -> None:
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k, v in value.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, (list, tuple)):  # pickling keeps tuples, but lists and tuples hash alike anyway
+        h.update(f"L{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def write_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """:func:`atomic_save` of a checkpoint dict with its ``checksum`` added."""
+    atomic_save({**ckpt, "checksum": checkpoint_digest(ckpt)}, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a checkpoint written by :class:`Trainer` (on the CPU). ValueError naming the file if it
-    is missing, unreadable, truncated or not a vrnn_fast checkpoint."""
+    is missing, unreadable, truncated, not a vrnn_fast checkpoint, changed since it was written (checksum),
+    has invalid progress fields or non-finite weights or optimiser state."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
@@ -157,15 +280,124 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle errors, foreign objects: all mean "not loadable"
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, *OLD_FORMATS):
         raise ValueError(f"{path} is not a vrnn_fast checkpoint (format {CHECKPOINT_FORMAT!r})")
+    if ckpt["format"] == CHECKPOINT_FORMAT and ckpt.get("checksum") != checkpoint_digest(ckpt):
+        raise ValueError(f"checkpoint {path} is damaged: its checksum does not match its content (the file "
+                         f"changed after it was written)")
     try:
         ckpt["model_config"] = VRNNConfig.from_dict(ckpt["model_config"])
         ckpt["normalizer"] = Normalizer.from_dict(ckpt["normalizer"])
         ckpt["train_config"] = TrainConfig.from_dict(ckpt["train_config"])
+        _check_progress(ckpt["progress"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path} is damaged: {type(e).__name__}: {e}") from e
+    for part in ("model", "optimizer"):
+        bad = _non_finite(ckpt.get(part))
+        if bad:
+            raise ValueError(f"checkpoint {path} holds non-finite {part} values (NaN or inf in {bad}); it "
+                             f"comes from a diverged run")
     return ckpt
+
+
+def _check_progress(progress: dict) -> None:
+    for name, low in (("step", 0), ("epoch", 0), ("batch_in_epoch", 0), ("bad_evals", 0), ("world_size", 1)):
+        value = progress.get(name, low) if name == "world_size" else progress[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"progress.{name} must be an integer >= {low}, got {value!r}")
+    best = progress["best_valid"]
+    if best is not None and not (_is_number(best) and math.isfinite(best)):
+        raise ValueError(f"progress.best_valid must be a finite number or None, got {best!r}")
+
+
+def _non_finite(value, name: str = "") -> str | None:
+    """The name of the first floating-point tensor in a nested dict/list with a NaN or inf, else None."""
+    if isinstance(value, Tensor):
+        return (name or "a tensor") if value.is_floating_point() and not torch.isfinite(value).all() else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{name}.{k}" if name else str(k))
+        if found:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | os.PathLike):
+    """Hold the exclusive lock of a run folder while the block runs: ``fcntl.flock`` on ``<out_dir>/run.lock``,
+    which holds the holder's PID. The kernel drops the lock when its process dies, so a killed run's lock is
+    stale and simply taken over; re-entrant within one process. ValueError naming the holder's PID when another
+    process holds it, or when the folder cannot be created or written.
+
+    Under ``torchrun`` only rank 0 locks (only it writes); every rank fails together when rank 0 cannot.
+    """
+    out_dir = Path(out_dir)
+    error, key, f = None, None, None
+    if _rank() == 0:
+        try:
+            key, f = _acquire(out_dir)
+        except ValueError as e:
+            error = e
+    if _any_rank(error is not None) and error is None:
+        raise ValueError(f"rank 0 could not lock the output folder {out_dir}")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if f is not None:
+            del _HELD_LOCKS[key]
+            f.close()
+
+
+_HELD_LOCKS: dict[str, object] = {}  # real path of a locked folder -> its open lock file (this process)
+
+
+def _acquire(out_dir: Path):
+    """(key, open lock file) for a newly taken lock; (None, None) when this process holds it already."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(out_dir)
+        if key in _HELD_LOCKS:
+            return None, None
+        f = open(out_dir / LOCK_NAME, "a+", encoding="utf-8")  # held open until released
+    except OSError as e:
+        raise ValueError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ValueError(f"output folder {out_dir} is in use by another training run (PID {holder}); wait for "
+                         f"it to end or use another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD_LOCKS[key] = f
+    return key, f
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag`` of any rank (every rank must call it under torchrun); ``flag`` itself in one process."""
+    return _max_over_ranks(float(flag)) > 0
+
+
+def _max_over_ranks(value: float, device: torch.device | None = None) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def load_model(checkpoint_path: str | os.PathLike, backend: str = "auto",
@@ -278,9 +510,7 @@ class Trainer:
         self.data_info = dict(data_info or {})
         self.lr = config.lr if config.lr is not None else model_config.lr
         self.batch_size = config.batch_size if config.batch_size is not None else model_config.batch_size
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r} asked for, but CUDA is not available")
+        self.device = parse_device(config.device, check_available=True)
         self.use_bf16 = config.bf16 and self.device.type == "cuda"
         if config.bf16 and not self.use_bf16:
             warnings.warn("bf16 autocast needs a CUDA device; training in float32 on the CPU", stacklevel=2)
@@ -310,7 +540,9 @@ class Trainer:
         self.bad_evals = 0
         self.last_valid_step: int | None = None
         self.state: tuple[Tensor, Tensor] | None = None  # carried (h, c) of this rank's rows (tbptt)
-        self._stop_requested = False
+        self.bad_updates = 0  # updates in a row with a non-finite loss or gradient norm
+        self.saved_step: int | None = None  # step of the last checkpoint.pt written
+        self._stop_signal = 0  # the first stop signal received (0: none)
 
     # -- data --------------------------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int):
@@ -395,62 +627,71 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train until ``steps`` / ``epochs`` / early stopping / Ctrl-C, checkpointing along the way.
+        """Train until ``steps`` / ``epochs`` / early stopping / a stop signal, checkpointing along the way.
 
-        Ctrl-C (SIGINT) finishes the current update, writes a checkpoint and returns; a second Ctrl-C
-        interrupts at once (the last checkpoint stays intact). Returns a summary dict with ``step``,
-        ``epoch``, ``stopped`` ("steps" | "epochs" | "early_stopping" | "interrupted"), ``best_valid_elbo_per_frame``
-        and the last ``train`` metrics.
+        Holds the output folder's :func:`run_lock`. SIGINT (Ctrl-C), SIGTERM or SIGHUP finishes the current
+        update, writes a checkpoint and returns (on every rank); a second signal stops at once
+        (:class:`Interrupted`; the last checkpoint stays intact). Raises :class:`TrainingDiverged` after
+        ``max_skipped_updates`` failed updates in a row or on a non-finite validation ELBO. Returns a summary
+        dict with ``step``, ``epoch``, ``stopped`` ("steps" | "epochs" | "early_stopping" | "interrupted"),
+        ``signal`` (the stop signal's number, or None), ``best_valid_elbo_per_frame`` and the last ``train``
+        metrics.
         """
         from tqdm.auto import tqdm
 
-        c = self.config
-        bar = tqdm(total=c.steps, initial=self.step, unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=self.rank != 0 or not sys.stderr.isatty())
-        previous_handler = self._install_sigint()
-        stopped, last, saved_step = None, {}, None
-        window_frames, window_start = 0, time.perf_counter()
+        previous = self._install_stop_handlers()
         try:
-            stopped = self._done()
-            while stopped is None:
-                it = iter(self._epoch_batches(self.epoch))
-                for _ in range(self.batch_in_epoch):  # resume mid-pass: skip the batches already used
-                    next(it, None)
-                used = self.batch_in_epoch
-                for batch in it:
-                    last = self._train_step(batch)
-                    used += 1
-                    window_frames += last["frames"]
-                    if self.step % c.log_every == 0:
-                        elapsed = time.perf_counter() - window_start
-                        last["frames_per_s"] = window_frames / max(elapsed, 1e-9)
-                        self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.lr, **last})
-                        window_frames, window_start = 0, time.perf_counter()
-                        bar.set_postfix(loss=f"{last['loss']:.1f}", fps=f"{last['frames_per_s']:.0f}")
-                    bar.update(1)
-                    stopped = self._after_step()
-                    if self.step % c.checkpoint_every == 0 or stopped is not None:
-                        self.save_checkpoint()
-                        saved_step = self.step
-                    if stopped is not None:
-                        break
-                else:
-                    if used == 0:
-                        raise ValueError("the training set yields no batches")
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    self.state = None
-                    stopped = self._done()
-                    if stopped == "epochs" and self.valid_data is not None and self.last_valid_step != self.step:
-                        self._validate()  # the last pass's model is a candidate for best.pt too
-            if saved_step != self.step:
-                self.save_checkpoint()
+            with run_lock(self.out_dir):
+                stopped, last = self._loop(bar)
         finally:
             bar.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         return {"step": self.step, "epoch": self.epoch, "stopped": stopped,
+                "signal": self._stop_signal if stopped == "interrupted" else None,
                 "best_valid_elbo_per_frame": None if self.best_valid is None else -self.best_valid, "train": last}
+
+    def _loop(self, bar) -> tuple[str, dict]:
+        """The updates, evaluations and checkpoints of :meth:`fit`; (why it stopped, last train metrics)."""
+        c, last = self.config, {}
+        window_frames, window_start = 0, time.perf_counter()
+        stopped = self._done()
+        while stopped is None:
+            it = iter(self._epoch_batches(self.epoch))
+            for _ in range(self.batch_in_epoch):  # resume mid-pass: skip the batches already used
+                next(it, None)
+            used = self.batch_in_epoch
+            for batch in it:
+                last = self._train_step(batch)
+                self._count_bad_update(last)
+                used += 1
+                window_frames += last["frames"]
+                if self.step % c.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    last["frames_per_s"] = window_frames / max(elapsed, 1e-9)
+                    self._log({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": self.lr, **last})
+                    window_frames, window_start = 0, time.perf_counter()
+                    bar.set_postfix(loss=f"{last['loss']:.1f}", fps=f"{last['frames_per_s']:.0f}")
+                bar.update(1)
+                stopped = self._after_step()
+                if self.step % c.checkpoint_every == 0 or stopped is not None:
+                    self.save_checkpoint()
+                if stopped is not None:
+                    break
+            else:
+                if used == 0:
+                    raise ValueError("the training set yields no batches")
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.state = None
+                stopped = self._done()
+                if stopped == "epochs" and self.valid_data is not None and self.last_valid_step != self.step:
+                    self._validate()  # the last pass's model is a candidate for best.pt too
+        if self.saved_step != self.step:
+            self.save_checkpoint()
+        return stopped, last
 
     def _done(self) -> str | None:
         c = self.config
@@ -472,11 +713,27 @@ class Trainer:
             return "interrupted"
         return "steps" if final else None
 
+    def _count_bad_update(self, metrics: dict) -> None:
+        """Divergence check: max_skipped_updates updates in a row with a non-finite loss or gradient norm."""
+        bad = metrics["skipped"] or not math.isfinite(metrics["loss"])
+        self.bad_updates = self.bad_updates + 1 if bad else 0
+        if self.bad_updates >= self.config.max_skipped_updates:
+            self._diverged(f"{self.bad_updates} updates in a row had a non-finite loss or gradient norm")
+
+    def _diverged(self, why: str):
+        self._log({"kind": "diverged", "step": self.step, "reason": why})
+        kept = "no checkpoint was written" if self.saved_step is None else \
+            f"{self.out_dir / CHECKPOINT_NAME} (step {self.saved_step}) is kept"
+        raise TrainingDiverged(f"training diverged at step {self.step}: {why}; {kept}. Try a lower --lr, a "
+                               f"--clip or --kl-warmup")
+
     def _validate(self) -> None:
-        """Validation -ELBO per frame of the current model; a new best is saved as best.pt."""
+        """Validation -ELBO per frame of the current model; a new best is saved as best.pt. A non-finite
+        ELBO stops the run (TrainingDiverged)."""
         result = self.evaluate(self.valid_data)
         neg = -result["elbo_per_frame"]
-        improved = self.best_valid is None or neg < self.best_valid
+        finite = math.isfinite(neg)
+        improved = finite and (self.best_valid is None or neg < self.best_valid)
         if improved:
             self.best_valid, self.bad_evals = neg, 0
             self.save_checkpoint(self.out_dir / BEST_NAME)
@@ -484,31 +741,31 @@ class Trainer:
             self.bad_evals += 1
         self.last_valid_step = self.step
         self._log({"kind": "valid", "step": self.step, "epoch": self.epoch, "improved": improved, **result})
+        if not finite:
+            self._diverged(f"the validation ELBO per frame is {result['elbo_per_frame']}")
 
-    def _install_sigint(self):
-        """Ctrl-C sets a flag (every rank gets SIGINT from the terminal; ranks agree in _stop_flag)."""
-        try:
-            previous = signal.getsignal(signal.SIGINT)
+    def _install_stop_handlers(self) -> dict:
+        """SIGINT, SIGTERM and SIGHUP set a flag (ranks agree in _stop_flag); a second one raises Interrupted.
+        Returns the previous handlers (none off the main thread, where signals cannot be handled)."""
 
-            def handler(signum, frame):
-                if self._stop_requested:  # second Ctrl-C: stop now
-                    raise KeyboardInterrupt
-                self._stop_requested = True
-                print("\ninterrupt: finishing this update and writing a checkpoint (Ctrl-C again to abort)",
-                      file=sys.stderr)
+        def handler(signum, frame):
+            if self._stop_signal:
+                raise Interrupted(signum)
+            self._stop_signal = signum
+            print(f"\n{signal.Signals(signum).name}: finishing this update and writing a checkpoint (send it "
+                  f"again to stop at once)", file=sys.stderr)
 
-            signal.signal(signal.SIGINT, handler)
-            return previous
-        except ValueError:  # not the main thread
-            return None
+        previous = {}
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread
+            for sig in STOP_SIGNALS:
+                previous[sig] = signal.signal(sig, handler)
+        return previous
 
-    def _stop_flag(self) -> bool:
-        """True once Ctrl-C was pressed on any rank; every rank agrees."""
-        if not self.distributed:
-            return self._stop_requested
-        flag = torch.tensor([float(self._stop_requested)], device=self.device)
-        dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+    def _stop_flag(self) -> int:
+        """The stop signal received first on any rank (0: none); every rank agrees."""
+        if self.distributed:
+            self._stop_signal = int(_max_over_ranks(float(self._stop_signal), self.device))
+        return self._stop_signal
 
     def evaluate(self, dataset, n_samples: int = 0, max_batches: int | None = None) -> dict:
         """:func:`evaluate_model` of the current model on ``dataset`` (batches of the training batch size)."""
@@ -519,10 +776,13 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.rank != 0:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        record = {**record, "time": time.time()}
-        with open(self.out_dir / METRICS_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out_dir / METRICS_NAME
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**record, "time": time.time()}) + "\n")
+        except OSError as e:
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from e
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _global_state(self) -> tuple[Tensor, Tensor] | None:
@@ -560,11 +820,17 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the checkpoint atomically (default ``out_dir/checkpoint.pt``); only rank 0 writes."""
+        """Write the checkpoint atomically with its checksum (default ``out_dir/checkpoint.pt``); only rank 0
+        writes. Non-finite weights or optimiser state are never written: TrainingDiverged instead."""
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT_NAME
+        bad = _non_finite(self.model.state_dict()) or _non_finite(self.optimizer.state_dict())
+        if bad:
+            self._diverged(f"{bad} is not finite")
         ckpt = self.checkpoint_dict()
         if self.rank == 0:
-            atomic_save(ckpt, path)
+            write_checkpoint(ckpt, path)
+        if path == self.out_dir / CHECKPOINT_NAME:
+            self.saved_step = self.step
         return path
 
     def load_checkpoint(self, path: str | os.PathLike, restore_training: bool = True) -> dict:
@@ -602,6 +868,8 @@ class Trainer:
             state = ckpt["tbptt_state"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"checkpoint {path} is damaged (training state): {type(e).__name__}: {e}") from e
+        if Path(path).resolve() == (self.out_dir / CHECKPOINT_NAME).resolve():
+            self.saved_step = self.step  # this run's latest checkpoint
         self.state = None
         if state is not None and self.config.tbptt:
             lo, hi = self._share(state[0].shape[0])
