@@ -174,10 +174,11 @@ class Decoder(nn.Module):
             self.corr, self.coeff, self.pen = nn.Linear(width, k), nn.Linear(width, k), nn.Linear(width, 1)
         self.n_mix = k
 
-    def params(self, inp: Tensor) -> tuple[Tensor, ...]:
+    def params(self, inp: Tensor, start: int = 0) -> tuple[Tensor, ...]:
         """Raw distribution parameters, shaped for the ops: gauss (mu, a); gmm (mu, a, logits) with
-        mu, a (..., D, K); bigmm (mu, a, rho_raw, logits, pen_logit) with mu, a (..., 2, K)."""
-        hidden = self.net(inp)
+        mu, a (..., D, K); bigmm (mu, a, rho_raw, logits, pen_logit) with mu, a (..., 2, K). ``start``: ``inp``
+        is already the output of the MLP's first ``start`` layers."""
+        hidden = self.net(inp, start=start)
         mu, a = self.mu(hidden), self.sigma(hidden)
         if self.kind == "gauss":
             return mu, a
@@ -186,9 +187,10 @@ class Decoder(nn.Module):
             return mu, a, self.coeff(hidden)
         return mu, a, self.corr(hidden), self.coeff(hidden), self.pen(hidden).squeeze(-1)
 
-    def nll(self, x: Tensor, inp: Tensor, floor: float, mask: Tensor | None = None, ops=TORCH_OPS) -> Tensor:
-        """-log p(x | inp): x (..., D), inp (..., in_dim) -> (...)."""
-        params = [to_loss_dtype(p) for p in self.params(inp)]
+    def nll(self, x: Tensor, inp: Tensor, floor: float, mask: Tensor | None = None, ops=TORCH_OPS,
+            start: int = 0) -> Tensor:
+        """-log p(x | inp): x (..., D), inp (..., in_dim) (or the output of layer ``start`` of the MLP) -> (...)."""
+        params = [to_loss_dtype(p) for p in self.params(inp, start)]
         fn = {"gauss": ops.gaussian_nll, "gmm": ops.gmm_nll, "bigmm": ops.bigmm_nll}[self.kind]
         return fn(to_loss_dtype(x), *params, floor, mask)
 
@@ -325,20 +327,31 @@ class VRNNBase(nn.Module):
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if x.dtype != self.rnn.weight_hh.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {self.rnn.weight_hh.dtype}")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or inf")
+        require_finite(x, "x contains NaN or inf")
         if mask is not None:
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
                 raise ValueError(f"mask must be a torch.bool tensor, got {_describe(mask)}")
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+            if mask.device != x.device:
+                raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
         if state is not None:
-            if not (isinstance(state, (tuple, list)) and len(state) == 2):
-                raise ValueError("state must be a pair (h, c)")
-            for name, s in zip("hc", state, strict=True):
-                if not isinstance(s, Tensor) or s.shape != (x.shape[0], c.h_dim):
-                    raise ValueError(f"state {name} must have shape (B, H) = {(x.shape[0], c.h_dim)}, "
-                                     f"got {_describe(s)}")
+            self._check_state(state, x.shape[0], x.device)
+
+    def _check_state(self, state, batch: int, device: torch.device) -> None:
+        """state: a pair (h, c) of finite (batch, H) tensors in the parameters' dtype, on ``device``."""
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError("state must be a pair (h, c)")
+        dtype = self.rnn.weight_hh.dtype
+        for name, s in zip("hc", state, strict=True):
+            if not isinstance(s, Tensor) or s.shape != (batch, self.config.h_dim):
+                raise ValueError(f"state {name} must have shape (B, H) = {(batch, self.config.h_dim)}, "
+                                 f"got {_describe(s)}")
+            if s.dtype != dtype:
+                raise ValueError(f"state {name} has dtype {s.dtype} but the model's parameters are {dtype}")
+            if s.device != device:
+                raise ValueError(f"state {name} is on {s.device} but the input is on {device}")
+            require_finite(s, f"state {name} contains NaN or inf")
 
     def _check_noise(self, noise: Tensor | None, leading: tuple[int, ...]) -> None:
         if noise is None:
@@ -348,8 +361,7 @@ class VRNNBase(nn.Module):
         expected = (*leading, self.config.z_dim)
         if not isinstance(noise, Tensor) or tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {_describe(noise)}")
-        if not torch.isfinite(noise).all():
-            raise ValueError("noise contains NaN or inf")
+        require_finite(noise, "noise contains NaN or inf")
 
     def _zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         zeros = x.new_zeros(x.shape[0], self.config.h_dim, dtype=self.rnn.weight_hh.dtype)
@@ -360,7 +372,7 @@ class VRNNBase(nn.Module):
             return None
         if noise is None:
             return torch.randn(*x.shape[:2], self.config.z_dim, dtype=x.dtype, device=x.device)
-        return noise.to(x.dtype)
+        return noise.to(device=x.device, dtype=x.dtype)
 
     # -- the API -------------------------------------------------------------------------------
     def forward(self, x: Tensor, mask: Tensor | None = None, noise: Tensor | None = None,
@@ -426,6 +438,8 @@ class VRNNBase(nn.Module):
         if not isinstance(n, int) or n < 1 or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"n and steps must be positive integers, got n={n!r}, steps={steps!r}")
         ref = self.rnn.weight_hh
+        if state is not None:
+            self._check_state(state, n, ref.device)
         h, c_state = state if state is not None else (ref.new_zeros(n, c.h_dim), ref.new_zeros(n, c.h_dim))
         frames = []
         for _ in range(steps):
@@ -449,6 +463,17 @@ class VRNNBase(nn.Module):
     def _steps(self, x: Tensor, mask: Tensor | None, eps: Tensor | None, state: tuple[Tensor, Tensor],
                want_log_weight: bool) -> StepResults:
         raise NotImplementedError
+
+
+def require_finite(t: Tensor, message: str) -> None:
+    """ValueError(message) if ``t`` holds NaN or inf. Inside ``torch.compile`` or a CUDA graph capture the
+    check stays on the device (``torch._assert_async``: no host sync, no graph break; a failure raises
+    RuntimeError with the message on the CPU and a device-side assert on CUDA)."""
+    finite = torch.isfinite(t).all()
+    if torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        torch._assert_async(finite, message)
+    elif not finite:
+        raise ValueError(message)
 
 
 def _describe(value) -> str:
