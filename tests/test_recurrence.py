@@ -9,6 +9,8 @@ from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig
 from vrnn_fast.op_count import count_ops, per_step
 from vrnn_fast.recurrence import recurrence
 
+pytestmark = pytest.mark.usefixtures("nan_outputs")  # buffers the op never writes would be NaN
+
 BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 without a GPU (tests/conftest.py)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODELS = ["vrnn", "vrnn-i", "rnn"]
@@ -58,7 +60,8 @@ def test_gradcheck(backend, latent, T):
             kw[k], rest = rest[:len(v)], rest[len(v):]
         return tuple(call(kw, backend))
 
-    assert torch.autograd.gradcheck(fn, flat, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=T > 1)
+    fast = T > 1 or backend == "triton"  # the interpreter is slow: random projections, not the whole Jacobian
+    assert torch.autograd.gradcheck(fn, flat, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -109,17 +112,45 @@ def run(net, x, mask, noise, h0, c0):
     return out, {n: p.grad for n, p in net.named_parameters()}, x.grad, h0.grad, c0.grad
 
 
+def count_calls(monkeypatch, module, names) -> dict:
+    """Counts the calls of ``module.<name>`` for each name while the test runs."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(module, name)
+
+        def counted(*args, _name=name, _real=real, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("model", MODELS)
-def test_model_matches_reference_float64(model, output, backend):
+def test_model_matches_reference_float64(model, output, backend, monkeypatch):
     cfg = deep_config(model, output)
     torch.manual_seed(0)
     ref = ReferenceVRNN(cfg).double().to(DEVICE)
     fast = FastVRNN(cfg, backend=backend).double().to(DEVICE)
     fast.load_state_dict(ref.state_dict())
     batch = model_batch(cfg)
-    (want, want_grads, *want_data), (got, got_grads, *got_data) = run(ref, *batch), run(fast, *batch)
+    want, want_grads, *want_data = run(ref, *batch)
+    if backend == "triton":  # the fused kernels really run: the cell every step, the losses once per call
+        from vrnn_fast.kernels import densities, gaussian
+        from vrnn_fast.kernels import recurrence as kernels
+
+        density = {"gauss": "gaussian_nll", "gmm": "gmm_nll", "bigmm": "bigmm_nll"}[output]
+        step_calls = count_calls(monkeypatch, kernels, ["gates_cell_fwd", "cell_bwd", "head_fwd", "head_bwd"])
+        call_calls = count_calls(monkeypatch, densities, [f"{density}_fwd", f"{density}_bwd"])
+        call_calls |= count_calls(monkeypatch, gaussian, ["kl_fwd", "kl_bwd"] if cfg.has_latent else [])
+    got, got_grads, *got_data = run(fast, *batch)
+    if backend == "triton":
+        T = batch[0].shape[1]
+        assert step_calls == {"gates_cell_fwd": T, "cell_bwd": T, **dict.fromkeys(["head_fwd", "head_bwd"],
+                                                                                  T if cfg.has_latent else 0)}
+        assert set(call_calls.values()) == {1}, call_calls
     tol = dict(rtol=1e-9, atol=1e-10)
     for name in ("loss", "kl", "nll", "elbo", "log_weight", "z_mean", "z_std"):
         if getattr(want, name) is None:

@@ -1,9 +1,10 @@
-"""FastVRNN: the reference model restructured so the sequential loop holds only what must be sequential.
+"""FastVRNN: the reference model restructured so that everything sequential is one op.
 
-Outside the loop, for all T steps at once: phi_x, the phi_x parts of the encoder's first layer and
-of the LSTM input projection, the prior, the decoder, the KL and the output log-density. Inside the
-loop: one merged GEMM ``h_{t-1} @ [W_enc_h; W_hh]^T`` (B, E + 4H), the rest of the encoder, the
-reparameterised sample, phi_z and the LSTM update.
+Outside the op, for all T steps at once (time-major, (T, B, .)): phi_x, the phi_x parts of the encoder's first
+layer and of the LSTM input projection, the prior, the decoder, the KL and the output log-density. Inside,
+``torch.ops.vrnn_fast.recurrence`` (vrnn_fast/recurrence.py): the encoder, the reparameterised sample, phi_z
+and the LSTM update of every step, with a hand-written backward that leaves the weight gradients to a few
+products over all B x T rows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import VRNNConfig
+from .recurrence import recurrence
 from .reference import (
     TORCH_OPS,
     StepResults,
@@ -46,72 +48,78 @@ class FastVRNN(VRNNBase):
         self.backend = backend
 
     def _ops(self, x: Tensor):
+        """(op set for the losses, backend name of the recurrence op) for this input."""
         backend = self.backend
         if backend == "auto":
             backend = "triton" if x.is_cuda else "torch"
         if backend == "torch":
-            return TORCH_OPS
+            return TORCH_OPS, "torch"
         from . import triton_ops  # imported on demand: importing triton costs seconds
 
-        return triton_ops.ops_for(x)
+        return triton_ops.ops_for(x), "triton"
+
+    def _recurrence_weights(self, dtype: torch.dtype) -> dict:
+        """The op's weight arguments in the compute dtype (autograd flows back through the casts and slices)."""
+        cfg, rnn = self.config, self.rnn
+        if not cfg.has_latent:
+            return dict(w_hz=rnn.weight_hh.to(dtype), w_e1h=None, enc_w=[], enc_b=[], head_w=None, head_b=None,
+                        phi_z_w=[], phi_z_b=[])
+        n_fx, enc = cfg.phi_x_dim, self.encoder
+        layers = enc.net.layers
+        return dict(
+            w_hz=torch.cat([rnn.weight_hh, rnn.weight_ih[:, n_fx:]], 1).to(dtype),  # [W_hh | W_z] (4H, H + Fz)
+            w_e1h=layers[0].weight[:, n_fx:].to(dtype),
+            enc_w=[layer.weight.to(dtype) for layer in layers[1:]],
+            enc_b=[layer.bias.to(dtype) for layer in layers[1:]],
+            head_w=torch.cat([enc.mu.weight, enc.sigma.weight]).to(dtype),
+            head_b=torch.cat([enc.mu.bias, enc.sigma.bias]).to(dtype),
+            phi_z_w=[layer.weight.to(dtype) for layer in self.phi_z.layers],
+            phi_z_b=[layer.bias.to(dtype) for layer in self.phi_z.layers],
+        )
 
     def _steps(self, x, mask, eps, state, want_log_weight):
-        cfg, floor, ops = self.config, self.config.sigma_floor, self._ops(x)
-        h, c = state
-        fx = self.phi_x(x)  # (B, T, Fx), all steps at once
+        cfg, floor = self.config, self.config.sigma_floor
+        ops, backend = self._ops(x)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        T, H = x.shape[1], cfg.h_dim
+        x_t = x.transpose(0, 1)  # (T, B, D): time-major, so that a step is a contiguous slice
+        mask_t = None if mask is None else mask.t()
+        fx = self.phi_x(x_t)  # (T, B, Fx), all steps at once
+        w = self._recurrence_weights(dtype)
+        if cfg.has_latent:
+            n_fx, enc_first = cfg.phi_x_dim, self.encoder.net.layers[0]
+            enc_x = F.linear(fx, enc_first.weight[:, :n_fx], enc_first.bias).to(dtype)  # (T, B, E)
+            gates_x = F.linear(fx, self.rnn.weight_ih[:, :n_fx], self.rnn.bias)  # (T, B, 4H)
+            eps_t = eps.transpose(0, 1).to(dtype)
+        else:
+            enc_x = eps_t = None
+            gates_x = F.linear(fx, self.rnn.weight_ih, self.rnn.bias)
+        h0, c0 = state
+        hz, c_T, _, _, *latent = recurrence(gates_x.to(dtype), h0, c0, w["w_hz"], mask_t, enc_x, eps_t, w["w_e1h"],
+                                            w["enc_w"], w["enc_b"], w["head_w"], w["head_b"], w["phi_z_w"],
+                                            w["phi_z_b"], floor, backend)
+        h_prev = hz[:T, :, :H]  # (T, B, H): h_{t-1} of every step
+        final = (hz[T, :, :H].to(c0.dtype, copy=True), c_T)
         if not cfg.has_latent:
-            gates_x = F.linear(fx, self.rnn.weight_ih, self.rnn.bias)  # (B, T, 4H)
-            h_prev, (h, c) = self._recur_rnn(gates_x, h, c, mask, ops)
-            nll = self.decoder.nll(x, h_prev, floor, mask, ops)
+            nll = self.decoder.nll(x_t, h_prev, floor, mask_t, ops).t().contiguous()
             zeros = torch.zeros_like(nll)
             return StepResults(kl=zeros, nll=nll, log_pz_qz=zeros if want_log_weight else None,
-                               z_mean=None, z_std=None, state=(h, c))
+                               z_mean=None, z_std=None, state=final)
 
-        n_fx, n_enc = cfg.phi_x_dim, cfg.enc_dim
-        enc_first = self.encoder.net.layers[0]
-        enc_x = F.linear(fx, enc_first.weight[:, :n_fx], enc_first.bias)  # (B, T, E)
-        gates_x = F.linear(fx, self.rnn.weight_ih[:, :n_fx], self.rnn.bias)  # (B, T, 4H)
-        w_h = torch.cat([enc_first.weight[:, n_fx:], self.rnn.weight_hh])  # (E + 4H, H): one GEMM per step
-        w_z = self.rnn.weight_ih[:, n_fx:]  # (4H, Fz)
-        hs, mus, a_s, zs, z_feats = [], [], [], [], []
-        for t in range(x.shape[1]):
-            hs.append(h)
-            h_proj = F.linear(h, w_h)  # (B, E + 4H)
-            enc_hidden = self.encoder.net(F.relu(enc_x[:, t] + h_proj[:, :n_enc]), start=1)
-            mu_q, a_q = self.encoder.heads(enc_hidden)
-            z = ops.reparameterize(mu_q, a_q, eps[:, t], floor)
-            z_t = self.phi_z(z)
-            gates = torch.addmm(gates_x[:, t] + h_proj[:, n_enc:], z_t, w_z.t())
-            h, c = self._carry(ops.lstm_cell(gates, c), (h, c), mask, t)
-            mus.append(mu_q)
-            a_s.append(a_q)
-            zs.append(z)
-            z_feats.append(z_t)
-        h_prev, mu_q, a_q, z = (torch.stack(v, 1) for v in (hs, mus, a_s, zs))  # (B, T, .)
-
+        ma, z = latent[0], latent[1]
+        mu_q, a_q = ma[..., :cfg.z_dim], ma[..., cfg.z_dim:]
         mu_p, a_p = self.prior(h_prev) if cfg.model == "vrnn" else (None, None)
-        kl = ops.gaussian_kl(*map(to_loss_dtype, (mu_q, a_q, mu_p, a_p)), floor, mask)
-        nll = self.decoder.nll(x, torch.cat([torch.stack(z_feats, 1), h_prev], -1), floor, mask, ops)
+        kl = ops.gaussian_kl(*map(to_loss_dtype, (mu_q, a_q, mu_p, a_p)), floor, mask_t)
+        # The decoder's input is [phi_z(z_t), h_{t-1}]; hz holds [h_{t-1} | phi_z(z_t)], so its first layer's
+        # weight columns are swapped instead of concatenating the activations.
+        first, n_fz = self.decoder.net.layers[0], cfg.phi_z_dim
+        w_dec = torch.cat([first.weight[:, n_fz:], first.weight[:, :n_fz]], 1)
+        dec_hidden = F.relu(F.linear(hz[:T], w_dec, first.bias))
+        nll = self.decoder.nll(x_t, dec_hidden, floor, mask_t, ops, start=1)
         log_pz_qz = None
         if want_log_weight:
             log_pz = standard_normal_log_prob(z) if mu_p is None else -ops.gaussian_nll(z, mu_p, a_p, floor)
-            log_pz_qz = _masked(log_pz + ops.gaussian_nll(z, mu_q, a_q, floor), mask)
-        return StepResults(kl=kl, nll=nll, log_pz_qz=log_pz_qz, z_mean=mu_q, z_std=sigma_from(a_q, floor),
-                           state=(h, c))
-
-    def _recur_rnn(self, gates_x: Tensor, h: Tensor, c: Tensor, mask: Tensor | None, ops):
-        """The RNN baselines' loop: only the recurrent GEMM and the cell update. Returns h_{t-1} (B, T, H)."""
-        hs = []
-        for t in range(gates_x.shape[1]):
-            hs.append(h)
-            gates = torch.addmm(gates_x[:, t], h, self.rnn.weight_hh.t())
-            h, c = self._carry(ops.lstm_cell(gates, c), (h, c), mask, t)
-        return torch.stack(hs, 1), (h, c)
-
-    @staticmethod
-    def _carry(new: tuple[Tensor, Tensor], old: tuple[Tensor, Tensor], mask: Tensor | None, t: int):
-        """The updated (h, c), except on padded steps, which keep the old state."""
-        if mask is None:
-            return new
-        keep = mask[:, t, None]
-        return torch.where(keep, new[0], old[0]), torch.where(keep, new[1], old[1])
+            log_pz_qz = _masked(log_pz + ops.gaussian_nll(z, mu_q, a_q, floor), mask_t).t()
+        return StepResults(kl=kl.t().contiguous(), nll=nll.t().contiguous(), log_pz_qz=log_pz_qz,
+                           z_mean=mu_q.transpose(0, 1), z_std=sigma_from(a_q, floor).transpose(0, 1), state=final)

@@ -1,7 +1,8 @@
 """Counting what a step dispatches: the GPU launch cost every CPU can see.
 
 ``count_ops(fn)`` runs ``fn`` once under a TorchDispatchMode and returns an :class:`OpCount`: every aten op
-that reaches the dispatcher (view-like ops excluded: they launch nothing), the Triton kernel launches
+that reaches the dispatcher (view-like ops excluded: they launch nothing; a ``torch.library.custom_op`` is
+counted by what its implementation dispatches, since that is what the GPU runs), the Triton kernel launches
 (JIT or interpreter), and the ops that force a host synchronisation or a data-dependent shape (``.item()``,
 ``nonzero``, device-to-host copies, ...), which a CUDA graph or ``torch.compile(fullgraph=True)`` cannot hold.
 
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch._library import custom_ops
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that wait for the device or whose output shape depends on data.
@@ -71,6 +73,10 @@ class _Counter(TorchDispatchMode):
         kwargs = kwargs or {}
         if self.result._in_launch:
             return func(*args, **kwargs)
+        opdef = custom_ops.OPDEFS.get(func._schema.name)
+        if opdef is not None:  # a torch.library.custom_op (ours): count what its implementation dispatches
+            with self:
+                return opdef._init_fn(*args, **kwargs)
         name = f"aten.{func.__name__.split('.')[0]}"
         if name in SYNC_OPS or _to_host(func, args, kwargs):
             self.result.syncs[name] += 1

@@ -1,0 +1,383 @@
+"""The recurrence as one registered op: ``torch.ops.vrnn_fast.recurrence``, with a hand-written backward op.
+
+What is sequential in a VRNN (and in the RNN baselines) runs here, one call for all T steps. Everything that is
+not (phi_x, the phi_x parts of the encoder's first layer and of the LSTM input, the prior, the decoder, the
+losses) stays outside, batched over all T by autograd. Both ops are opaque to ``torch.compile`` and neither
+synchronises with the host nor allocates by data, so a whole training step can be compiled or CUDA-graphed.
+Backends: ``"torch"`` (PyTorch ops inside) and ``"triton"`` (the fused kernels of ``vrnn_fast.kernels.recurrence``).
+
+Shapes: T steps, B rows, H LSTM units, F phi_z width (0 for the RNN baselines), E encoder width, Z latent size;
+L_e encoder layers, L_z phi_z layers. Every buffer is time-major (T, B, .), so a step is a contiguous slice.
+
+Forward, step t (h = h_{t-1}, c = c_{t-1}, m = mask[t]; the RNN baselines have only the last two lines):
+    a_1 = relu(enc_x[t] + h W_e1h^T);   a_k = relu(a_{k-1} W_k^T + b_k),  k = 2..L_e
+    [mu | a] = a_Le W_head^T + b_head;  z = mu + (softplus(a) + floor) eps[t]
+    f_1 = relu(z W_f1^T + b_f1);  f_k = relu(f_{k-1} W_fk^T + b_fk);  zf = f_Lz
+    G = gates_x[t] + [h | zf] W_hz^T    with W_hz = [W_hh | W_z]  (4H, H + F): one product
+    (h_t, c_t) = cell(G, c) where m, else (h, c)
+Outputs: hz (T+1, B, H+F) with hz[t] = [h_{t-1} | zf_t] (hz[0, :, :H] = h0; hz[T, :, H:] = 0), cT (B, H), and
+for a VRNN ma (T, B, 2Z) = [mu | a] and z (T, B, Z); then, saved for the backward only: c (T+1, B, H) with
+c[t] = c_{t-1}, G (T, B, 4H), a_1..a_Le (T, B, E), f_1..f_{L_z - 1} (T, B, F).
+
+Backward, t = T-1..0 (dh, dc start as the gradients of h_T and c_T), only data gradients per step:
+    dG, dc = cell_backward(G, c[t], dh, dc) where m (dG = 0 and dc passes where not m)
+    X = dG W_hz + g_hz[t]  = [dh part | dzf]  (B, H + F)
+    dv_k = df_k (f_k > 0), df_{k-1} = dv_k W_fk  (k = L_z..1, df_Lz = dzf);  dz = dv_1 W_f1 + g_z[t]
+    dma = [dz + g_mu[t] | dz eps[t] sigmoid(a) + g_a[t]];  da_Le = dma W_head
+    du_k = da_k (a_k > 0), da_{k-1} = du_k W_k  (k = L_e..1);  d enc_x[t] = du_1
+    dh = X[:, :H] + du_1 W_e1h + (1 - m) dh
+Then every weight and bias gradient as one product over all T * B rows (dW_hz = dG^T [h | zf], dW_k = du_k^T
+a_{k-1}, ...), and d gates_x = dG. Autocast: the op computes in its inputs' dtype (the caller casts); the cell
+state c keeps c0's dtype (float32 under bf16 autocast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("torch", "triton")
+_aten = torch.ops.aten
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shapes and buffers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dims:
+    T: int
+    B: int
+    H: int
+    F: int  # phi_z width: hz is (T+1, B, H + F); 0 for the RNN baselines
+    E: int  # encoder width (0 for the RNN baselines)
+    Z: int
+    L_e: int
+    L_z: int
+
+    @property
+    def latent(self) -> bool:
+        return self.L_z > 0
+
+
+def _dims(gates_x: Tensor, h0: Tensor, w_hz: Tensor, w_e1h: Tensor | None, head_w: Tensor | None,
+          enc_w: list[Tensor], phi_z_w: list[Tensor]) -> _Dims:
+    T, B = gates_x.shape[:2]
+    H = h0.shape[1]
+    latent = w_e1h is not None
+    return _Dims(T, B, H, w_hz.shape[1] - H, w_e1h.shape[0] if latent else 0,
+                 head_w.shape[0] // 2 if latent else 0, len(enc_w) + 1 if latent else 0, len(phi_z_w))
+
+
+def _forward_buffers(d: _Dims, like: Tensor, state_dtype: torch.dtype) -> dict:
+    """Outputs of the forward, allocated once per call (empty_like keeps fake-tensor shapes in step)."""
+    new = dict(dtype=like.dtype, device=like.device)
+    bufs = {"hz": torch.empty(d.T + 1, d.B, d.H + d.F, **new),
+            "cT": torch.empty(d.B, d.H, dtype=state_dtype, device=like.device),
+            "c": torch.empty(d.T + 1, d.B, d.H, dtype=state_dtype, device=like.device),
+            "G": torch.empty(d.T, d.B, 4 * d.H, **new)}
+    if d.latent:
+        bufs["ma"] = torch.empty(d.T, d.B, 2 * d.Z, **new)
+        bufs["z"] = torch.empty(d.T, d.B, d.Z, **new)
+        bufs["acts"] = [torch.empty(d.T, d.B, d.E, **new) for _ in range(d.L_e)]
+        bufs["fs"] = [torch.empty(d.T, d.B, d.F, **new) for _ in range(d.L_z - 1)]
+    return bufs
+
+
+def _pack(bufs: dict) -> list[Tensor]:
+    out = [bufs["hz"], bufs["cT"], bufs["c"], bufs["G"]]
+    if "ma" in bufs:
+        out += [bufs["ma"], bufs["z"], *bufs["acts"], *bufs["fs"]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b,
+                   phi_z_w, phi_z_b, floor) -> None:
+    """The step loop with PyTorch ops, each writing into its slice of the buffers: about L_e + L_z + 13 ops a
+    step (bias + ReLU as one ``_addmm_activation``, one product for both encoder heads and one for the gates)."""
+    H, Z = d.H, d.Z
+    hz, c, G = b["hz"], b["c"], b["G"]
+    for t in range(d.T):
+        h = hz[t, :, :H]
+        if d.latent:
+            acts = b["acts"]
+            torch._addmm_activation(enc_x[t], h, w_e1h.t(), out=acts[0][t])
+            for k in range(1, d.L_e):
+                torch._addmm_activation(enc_b[k - 1], acts[k - 1][t], enc_w[k - 1].t(), out=acts[k][t])
+            ma = torch.addmm(head_b, acts[-1][t], head_w.t(), out=b["ma"][t])
+            sigma = F.softplus(ma[:, Z:]).add_(floor)
+            inp = torch.addcmul(ma[:, :Z], sigma, eps[t], out=b["z"][t])
+            for k in range(d.L_z):
+                out = b["fs"][k][t] if k < d.L_z - 1 else hz[t, :, H:]
+                inp = torch._addmm_activation(phi_z_b[k], inp, phi_z_w[k].t(), out=out)
+        gates = torch.addmm(gates_x[t], hz[t], w_hz.t(), out=G[t])
+        act = torch.sigmoid(gates)  # [s_i, s_f, ., s_o]; the g block becomes tanh(g) below
+        torch.tanh(gates[:, 2 * H:3 * H], out=act[:, 2 * H:3 * H])
+        s_i, s_f, t_g, s_o = act.chunk(4, dim=1)
+        c_new = torch.mul(s_f, c[t], out=c[t + 1] if mask is None else None).addcmul_(s_i, t_g)
+        h_new = torch.mul(s_o, torch.tanh(c_new), out=hz[t + 1, :, :H] if mask is None else None)
+        if mask is not None:
+            keep = mask[t, :, None]
+            torch.where(keep, h_new.to(h.dtype), h, out=hz[t + 1, :, :H])
+            torch.where(keep, c_new, c[t], out=c[t + 1])
+
+
+def _forward_triton(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b,
+                    phi_z_w, phi_z_b, floor) -> None:
+    """The step loop with fused kernels: L_e + L_z + 2 launches a step (bias, ReLU, the reparameterisation and
+    the LSTM cell are epilogues of the products)."""
+    from .kernels import recurrence as kr
+
+    H = d.H
+    hz, c, G = b["hz"], b["c"], b["G"]
+    for t in range(d.T):
+        h = hz[t, :, :H]
+        if d.latent:
+            acts = b["acts"]
+            kr.linear(h, w_e1h, acts[0][t], addend=enc_x[t], relu=True)
+            for k in range(1, d.L_e):
+                kr.linear(acts[k - 1][t], enc_w[k - 1], acts[k][t], bias=enc_b[k - 1], relu=True)
+            kr.head_fwd(acts[-1][t], head_w, head_b, eps[t], floor, b["ma"][t], b["z"][t])
+            inp = b["z"][t]
+            for k in range(d.L_z):
+                out = b["fs"][k][t] if k < d.L_z - 1 else hz[t, :, H:]
+                kr.linear(inp, phi_z_w[k], out, bias=phi_z_b[k], relu=True)
+                inp = out
+        kr.gates_cell_fwd(hz[t], w_hz, gates_x[t], c[t], h, None if mask is None else mask[t], G[t],
+                          hz[t + 1, :, :H], c[t + 1])
+
+
+@torch.library.custom_op("vrnn_fast::recurrence", mutates_args=())
+def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hz: Tensor, mask: Tensor | None, enc_x: Tensor | None,
+               eps: Tensor | None, w_e1h: Tensor | None, enc_w: list[Tensor], enc_b: list[Tensor],
+               head_w: Tensor | None, head_b: Tensor | None, phi_z_w: list[Tensor], phi_z_b: list[Tensor],
+               floor: float, backend: str) -> list[Tensor]:
+    """All T steps of the recurrence (see the module docstring for the equations, layouts and outputs).
+
+    gates_x (T, B, 4H) = phi_x W_ihx^T + b; h0, c0 (B, H); w_hz (4H, H + F); mask (T, B) bool or None. VRNN only
+    (None / [] for the RNN baselines): enc_x (T, B, E) = phi_x W_e1x^T + b_e1; eps (T, B, Z); w_e1h (E, H);
+    enc_w, enc_b: layers 2..L_e; head_w (2Z, E) = [W_mu; W_sigma], head_b (2Z,); phi_z_w, phi_z_b: L_z layers.
+    Returns [hz, cT, c, G] (+ [ma, z, a_1..a_Le, f_1..f_{Lz-1}] for a VRNN).
+    """
+    d = _dims(gates_x, h0, w_hz, w_e1h, head_w, enc_w, phi_z_w)
+    b = _forward_buffers(d, gates_x, c0.dtype)
+    with torch.autocast(gates_x.device.type, enabled=False):
+        b["hz"][0, :, :d.H].copy_(h0)
+        b["hz"][d.T, :, d.H:].zero_()
+        b["c"][0].copy_(c0)
+        step = _forward_triton if backend == "triton" else _forward_torch
+        step(d, b, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b, phi_z_w, phi_z_b, floor)
+        b["cT"].copy_(b["c"][d.T])
+    return _pack(b)
+
+
+@recurrence.register_fake
+def _(gates_x, h0, c0, w_hz, mask, enc_x, eps, w_e1h, enc_w, enc_b, head_w, head_b, phi_z_w, phi_z_b, floor,
+      backend):
+    d = _dims(gates_x, h0, w_hz, w_e1h, head_w, enc_w, phi_z_w)
+    return _pack(_forward_buffers(d, gates_x, c0.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cell_coefficients(d: _Dims, G: Tensor, c: Tensor, mask: Tensor | None):
+    """For the torch backward, all steps at once: Q (T, B, 4H), Kc (T, B, H), Fc (T, B, H) such that per step
+    dC = dc + dh Kc[t], dG = Q[t] [dC, dC, dC, dh] (per gate block), dc_prev = dC Fc[t]; zero (Fc = 1) where
+    the mask is False, so padded steps pass dc through and give dG = 0."""
+    H = d.H
+    act = torch.sigmoid(G)
+    s_i, s_f, _, s_o = act.chunk(4, dim=-1)
+    t_g = torch.tanh(G[..., 2 * H:3 * H])
+    t_c = torch.tanh(c[1:])
+    Q = torch.cat([t_g * s_i * (1 - s_i), c[:-1] * s_f * (1 - s_f), s_i * (1 - t_g * t_g), t_c * s_o * (1 - s_o)],
+                  dim=-1)
+    Kc = s_o * (1 - t_c * t_c)
+    Fc = s_f
+    if mask is not None:
+        keep = mask[..., None]
+        Q, Kc, Fc = Q * keep, Kc * keep, torch.where(keep, s_f, torch.ones_like(s_f))
+    return Q, Kc, Fc
+
+
+def _backward_buffers(d: _Dims, like: Tensor) -> dict:
+    new = dict(dtype=like.dtype, device=like.device)
+    bufs = {"dG": torch.empty(d.T, d.B, 4 * d.H, **new), "X": torch.empty(d.T, d.B, d.H + d.F, **new)}
+    if d.latent:
+        bufs["dma"] = torch.empty(d.T, d.B, 2 * d.Z, **new)
+        bufs["dz"] = torch.empty(d.T, d.B, d.Z, **new)
+        bufs["du"] = [torch.empty(d.T, d.B, d.E, **new) for _ in range(d.L_e)]  # da_k (triton) or du_k
+        bufs["dv"] = [torch.empty(d.T, d.B, d.F, **new) for _ in range(d.L_z)]  # df_k (triton) or dv_k
+    return bufs
+
+
+def _backward_torch(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, mask, eps, w_hz, w_e1h, enc_w,
+                    head_w, phi_z_w, dh, dc):
+    """Reverse loop with PyTorch ops, about 2 (L_e + L_z) + 9 a step; fills b's buffers with du_k and dv_k
+    (the gradients at the ReLU inputs). Returns the final (dh, dc)."""
+    H, Z = d.H, d.Z
+    Q, Kc, Fc = _cell_coefficients(d, G, c, mask)
+    if d.latent:
+        eps_sig = eps * torch.sigmoid(ma[..., Z:])  # d z / d a
+    keep = None if mask is None else (~mask)[..., None].to(dh.dtype)
+    dG, X = b["dG"], b["X"]
+    for t in reversed(range(d.T)):
+        dC = torch.addcmul(dc, dh, Kc[t])
+        dGt = dG[t].view(d.B, 4, H)
+        torch.mul(Q[t].view(d.B, 4, H)[:, :3], dC[:, None], out=dGt[:, :3])
+        torch.mul(Q[t, :, 3 * H:], dh, out=dGt[:, 3])
+        dc = dC * Fc[t]
+        Xt = torch.addmm(g_hz[t], dG[t], w_hz, out=X[t])
+        dh_next = Xt[:, :H]
+        if d.latent:
+            grad = Xt[:, H:]
+            for k in reversed(range(d.L_z)):
+                f_k = hz[t, :, H:] if k == d.L_z - 1 else fs[k][t]
+                dv = _aten.threshold_backward.grad_input(grad, f_k, 0, grad_input=b["dv"][k][t])
+                grad = torch.mm(dv, phi_z_w[k]) if k else torch.addmm(g_z[t], dv, phi_z_w[0], out=b["dz"][t])
+            torch.add(grad, g_ma[t, :, :Z], out=b["dma"][t, :, :Z])
+            torch.addcmul(g_ma[t, :, Z:], grad, eps_sig[t], out=b["dma"][t, :, Z:])
+            grad = torch.mm(b["dma"][t], head_w)
+            for k in reversed(range(d.L_e)):
+                du = _aten.threshold_backward.grad_input(grad, acts[k][t], 0, grad_input=b["du"][k][t])
+                grad = torch.mm(du, enc_w[k - 1]) if k else None
+            dh_next = torch.addmm(dh_next, b["du"][0][t], w_e1h)
+        if keep is not None:
+            dh_next = dh_next.addcmul(keep[t], dh)
+        dh = dh_next
+    return dh, dc
+
+
+def _backward_triton(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, mask, eps, w_hz, w_e1h, enc_w,
+                     head_w, phi_z_w, dh, dc):
+    """Reverse loop with fused kernels, L_e + L_z + 3 launches a step (the ReLU backward is the prologue of the
+    next product, the heads' backward the epilogue of dz's); b's du/dv buffers receive the gradients at the
+    ReLU outputs (da_k, df_k), masked after the loop. Returns the final (dh, dc)."""
+    from .kernels import recurrence as kr
+
+    H, Z = d.H, d.Z
+    dG, X = b["dG"], b["X"]
+    keep = None if mask is None else ~mask
+    dh_bufs = [torch.empty_like(dh), torch.empty_like(dh)]
+    dc_bufs = [torch.empty_like(dc), torch.empty_like(dc)]
+    for i, t in enumerate(reversed(range(d.T))):
+        m_t = None if mask is None else mask[t]
+        dc_next, dh_next = dc_bufs[i % 2], dh_bufs[i % 2]
+        kr.cell_bwd(G[t], c[t], dh, dc, m_t, dG[t], dc_next)
+        if not d.latent:
+            kr.linear(dG[t], w_hz.t(), dh_next, addend=g_hz[t], carry=dh, carry_rows=None if keep is None else keep[t])
+        else:
+            kr.linear(dG[t], w_hz.t(), X[t], addend=g_hz[t])
+            grad, gate = X[t, :, H:], hz[t, :, H:]
+            for k in reversed(range(1, d.L_z)):
+                kr.linear(grad, phi_z_w[k].t(), b["dv"][k - 1][t], a_gate=gate)
+                grad, gate = b["dv"][k - 1][t], fs[k - 1][t]
+            kr.head_bwd(grad, phi_z_w[0].t(), gate, g_z[t], g_ma[t, :, :Z], g_ma[t, :, Z:], ma[t, :, Z:], eps[t],
+                        b["dma"][t], b["dz"][t])
+            kr.linear(b["dma"][t], head_w.t(), b["du"][-1][t])
+            for k in reversed(range(1, d.L_e)):
+                kr.linear(b["du"][k][t], enc_w[k - 1].t(), b["du"][k - 1][t], a_gate=acts[k][t])
+            kr.linear(b["du"][0][t], w_e1h.t(), dh_next, a_gate=acts[0][t], addend=X[t, :, :H], carry=dh,
+                      carry_rows=None if keep is None else keep[t])
+        dh, dc = dh_next, dc_next
+    if d.latent:  # the ReLU backward of every layer, all steps at once: gradients at the pre-activations
+        b["dv"][-1] = X[..., H:]
+        for grads, outs in ((b["du"], acts), (b["dv"], [*fs, hz[:d.T, :, H:]])):
+            for k, (g, out) in enumerate(zip(grads, outs, strict=True)):
+                grads[k] = _aten.threshold_backward(g, out, 0)
+    return dh, dc
+
+
+def _wgrad(grad: Tensor, inp: Tensor) -> Tensor:
+    """sum over all T * B rows of grad^T inp: (T, B, N), (T, B, K) -> (N, K), one product."""
+    return grad.flatten(0, 1).t() @ inp.flatten(0, 1)
+
+
+@torch.library.custom_op("vrnn_fast::recurrence_backward", mutates_args=())
+def recurrence_backward(g_hz: Tensor, g_cT: Tensor, g_ma: Tensor | None, g_z: Tensor | None, hz: Tensor, c: Tensor,
+                        G: Tensor, ma: Tensor | None, z: Tensor | None, acts: list[Tensor], fs: list[Tensor],
+                        mask: Tensor | None, eps: Tensor | None, w_hz: Tensor, w_e1h: Tensor | None,
+                        enc_w: list[Tensor], head_w: Tensor | None, phi_z_w: list[Tensor], floor: float,
+                        backend: str, want_eps: bool) -> list[Tensor]:
+    """Gradients of ``recurrence`` from those of its outputs (hz, cT, ma, z) and what its forward saved.
+
+    Returns [d gates_x, d h0, d c0, d w_hz] (+ [d enc_x, d eps (empty unless want_eps), d w_e1h, d head_w,
+    d head_b, d enc_w..., d enc_b..., d phi_z_w..., d phi_z_b...] for a VRNN), in the forward's dtypes.
+    """
+    T, B = G.shape[:2]
+    d = _dims(G, hz[0, :, :c.shape[2]], w_hz, w_e1h, head_w, enc_w, phi_z_w)
+    b = _backward_buffers(d, G)
+    with torch.autocast(G.device.type, enabled=False):
+        dh = g_hz[T, :, :d.H].to(torch.promote_types(G.dtype, c.dtype))
+        dc = g_cT.to(c.dtype)
+        loop = _backward_triton if backend == "triton" else _backward_torch
+        dh, dc = loop(d, b, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, mask, eps, w_hz, w_e1h, enc_w, head_w,
+                      phi_z_w, dh, dc)
+        hz_t = hz[:T]
+        out = [b["dG"], dh.to(c.dtype), dc.to(c.dtype), _wgrad(b["dG"], hz_t)]
+        if d.latent:
+            du, dv = b["du"], b["dv"]
+            d_eps = b["dz"] * F.softplus(ma[..., d.Z:]).add_(floor) if want_eps else G.new_empty(0)
+            out += [du[0], d_eps, _wgrad(du[0], hz_t[..., :d.H]), _wgrad(b["dma"], acts[-1]), b["dma"].sum((0, 1))]
+            out += [_wgrad(du[k], acts[k - 1]) for k in range(1, d.L_e)] + [g.sum((0, 1)) for g in du[1:]]
+            out += [_wgrad(dv[k], fs[k - 1] if k else z) for k in range(d.L_z)] + [g.sum((0, 1)) for g in dv]
+    return out
+
+
+@recurrence_backward.register_fake
+def _(g_hz, g_cT, g_ma, g_z, hz, c, G, ma, z, acts, fs, mask, eps, w_hz, w_e1h, enc_w, head_w, phi_z_w, floor,
+      backend, want_eps):
+    T, B = G.shape[:2]
+    out = [torch.empty_like(G), torch.empty_like(c[0]), torch.empty_like(c[0]), torch.empty_like(w_hz)]
+    if w_e1h is not None:
+        out += [torch.empty_like(acts[0]), torch.empty_like(z) if want_eps else G.new_empty(0),
+                torch.empty_like(w_e1h), torch.empty_like(head_w), head_w.new_empty(head_w.shape[0])]
+        out += [torch.empty_like(w) for w in enc_w] + [w.new_empty(w.shape[0]) for w in enc_w]
+        out += [torch.empty_like(w) for w in phi_z_w] + [w.new_empty(w.shape[0]) for w in phi_z_w]
+    return out
+
+
+def _setup_context(ctx, inputs, output):
+    (gates_x, h0, c0, w_hz, mask, enc_x, eps, w_e1h, enc_w, enc_b, head_w, head_b, phi_z_w, phi_z_b, floor,
+     backend) = inputs
+    hz, _, c, G, *latent = output
+    ma, z, acts, fs = (latent[0], latent[1], latent[2:2 + len(enc_w) + 1], latent[3 + len(enc_w):]) if latent \
+        else (None, None, [], [])
+    ctx.mark_non_differentiable(c, G, *acts, *fs)
+    ctx.floor, ctx.backend, ctx.n = floor, backend, (len(acts), len(fs), len(enc_w), len(phi_z_w))
+    ctx.want_eps = eps is not None and ctx.needs_input_grad[6]
+    ctx.save_for_backward(hz, c, G, ma, z, mask, eps, w_hz, w_e1h, head_w, *acts, *fs, *enc_w, *phi_z_w)
+
+
+def _backward(ctx, grads):
+    hz, c, G, ma, z, mask, eps, w_hz, w_e1h, head_w, *rest = ctx.saved_tensors
+    n_acts, n_fs, n_enc, n_phi = ctx.n
+    acts, rest = rest[:n_acts], rest[n_acts:]
+    fs, rest = rest[:n_fs], rest[n_fs:]
+    enc_w, phi_z_w = rest[:n_enc], rest[n_enc:]
+    g_hz, g_cT, _, _, *g_latent = grads
+    g_ma, g_z = (g_latent[0], g_latent[1]) if g_latent else (None, None)
+    out = recurrence_backward(g_hz, g_cT, g_ma, g_z, hz, c, G, ma, z, acts, fs, mask, eps, w_hz, w_e1h, enc_w,
+                              head_w, phi_z_w, ctx.floor, ctx.backend, ctx.want_eps)
+    d_gates_x, d_h0, d_c0, d_w_hz, *d_latent = out
+    if not d_latent:
+        return d_gates_x, d_h0, d_c0, d_w_hz, None, None, None, None, [], [], None, None, [], [], None, None
+    d_enc_x, d_eps, d_w_e1h, d_head_w, d_head_b, *d_lists = d_latent
+    d_enc_w, d_enc_b = d_lists[:n_enc], d_lists[n_enc:2 * n_enc]
+    d_phi_w, d_phi_b = d_lists[2 * n_enc:2 * n_enc + n_phi], d_lists[2 * n_enc + n_phi:]
+    return (d_gates_x, d_h0, d_c0, d_w_hz, None, d_enc_x, d_eps if ctx.want_eps else None, d_w_e1h, d_enc_w,
+            d_enc_b, d_head_w, d_head_b, d_phi_w, d_phi_b, None, None)
+
+
+recurrence.register_autograd(_backward, setup_context=_setup_context)
