@@ -7,7 +7,7 @@ Dimension glossary:
 Layouts: gates, pre (N, 4H) pre-activations in order [i, f, g, o] (gate q of unit j at column q*H + j, as in
 torch.nn.LSTM); W_hh (4H, K); c_prev, h, c, dh, dc, dc_prev (N, H); dgates (N, 4H). Any strides.
 
-Math (fp32 inside for fp32/bf16/fp16, fp64 for fp64; tanh(x) = 2 sigmoid(2x) - 1, no libdevice):
+Math (fp32 inside for fp32/bf16/fp16, fp64 for fp64; no libdevice: densities._tanh, _sigmoid):
   c = sigmoid(f) c_prev + sigmoid(i) tanh(g),   h = sigmoid(o) tanh(c)
 Backward (recomputes every activation from gates and c_prev, so the forward saves nothing extra; the
 recompute is a few flops per element against 6 loads): with dC = dc + dh sigmoid(o) (1 - tanh(c)^2),
@@ -21,20 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .densities import _sigmoid  # stable sigmoid shared with the log-density kernels
+from .densities import _sigmoid, _tanh  # activations with relative accuracy, shared with the log-density kernels
 from .sm90 import compile_case
 
 # ---------------------------------------------------------------------------------------------------------
 # Element-wise helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _tanh(y):
-    """tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|) (= 2 sigmoid(2y) - 1, without cancellation)."""
-    e = tl.exp(-2.0 * tl.abs(y))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(y >= 0, t, -t)
 
 
 @triton.jit
@@ -47,6 +39,69 @@ def _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H):
     g = tl.load(base + 2 * H * sg_h, mask=ok, other=0.0).to(dt)
     o = tl.load(base + 3 * H * sg_h, mask=ok, other=0.0).to(dt)
     return i, f, g, o
+
+
+@triton.jit
+def _store_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H, i, f, g, o):
+    """Stores the four gate tiles of a (BLOCK_N, BLOCK_H) tile (gate q at column q*H + j) in gates' dtype."""
+    ty = gates_ptr.dtype.element_ty
+    base = gates_ptr + rows[:, None] * sg_n + cols[None, :] * sg_h
+    tl.store(base, i.to(ty), mask=ok)
+    tl.store(base + H * sg_h, f.to(ty), mask=ok)
+    tl.store(base + 2 * H * sg_h, g.to(ty), mask=ok)
+    tl.store(base + 3 * H * sg_h, o.to(ty), mask=ok)
+
+
+@triton.jit
+def _cell_update(i, f, g, o, c_prev):
+    """(c, h) from the gate pre-activations and c_{t-1}, all in the math dtype."""
+    c = _sigmoid(f) * c_prev + _sigmoid(i) * _tanh(g)
+    return c, _sigmoid(o) * _tanh(c)
+
+
+@triton.jit
+def _cell_grads(i, f, g, o, c_prev, dh, dc):
+    """(d_i, d_f, d_g, d_o, dc_prev) of the cell update (module docstring), recomputing every activation."""
+    s_i, s_f, t_g, s_o = _sigmoid(i), _sigmoid(f), _tanh(g), _sigmoid(o)
+    t_c = _tanh(s_f * c_prev + s_i * t_g)
+    d_c = dc + dh * s_o * (1.0 - t_c * t_c)
+    return (d_c * t_g * s_i * (1.0 - s_i), d_c * c_prev * s_f * (1.0 - s_f), d_c * s_i * (1.0 - t_g * t_g),
+            dh * t_c * s_o * (1.0 - s_o), d_c * s_f)
+
+
+@triton.jit
+def _dot(a, b, acc, UPCAST: tl.constexpr):
+    """acc + a @ b. fp32: full-precision products, as torch's matmul without TF32. UPCAST: multiply bf16/fp16
+    tiles in fp32 (for the interpreter, whose bf16 tl.dot returns garbage; on the GPU the tensor cores take them)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _gates_gemm(a_ptr, w_ptr, rows, cols, row_ok, col_ok, H, K, sa_n, sa_k, sw_r, sw_k,
+                acc_ty: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """a W^T for the four gate column blocks of a (BLOCK_N, BLOCK_H) tile: a (N, K), W (4H, K); four
+    accumulators (i, f, g, o), each (BLOCK_N, BLOCK_H) in acc_ty."""
+    acc_i = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_g = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    acc_o = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
+    w_cols = w_ptr + cols[None, :] * sw_r  # (1, BLOCK_H): row q*H + j of W is column j of gate q's W^T
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        k_ok = ks < K
+        a = tl.load(a_ptr + rows[:, None] * sa_n + ks[None, :] * sa_k, mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        b_ok = k_ok[:, None] & col_ok[None, :]
+        b = w_cols + ks[:, None] * sw_k  # (BLOCK_K, BLOCK_H) tile of gate i's W^T
+        acc_i = _dot(a, tl.load(b, mask=b_ok, other=0.0), acc_i, UPCAST)
+        acc_f = _dot(a, tl.load(b + H * sw_r, mask=b_ok, other=0.0), acc_f, UPCAST)
+        acc_g = _dot(a, tl.load(b + 2 * H * sw_r, mask=b_ok, other=0.0), acc_g, UPCAST)
+        acc_o = _dot(a, tl.load(b + 3 * H * sw_r, mask=b_ok, other=0.0), acc_o, UPCAST)
+    return acc_i, acc_f, acc_g, acc_o
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,8 +121,7 @@ def _lstm_fwd_kernel(
     ok = (rows < N)[:, None] & (cols < H)[None, :]
     i, f, g, o = _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H)
     c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
-    c = _sigmoid(f) * c_prev + _sigmoid(i) * _tanh(g)
-    h = _sigmoid(o) * _tanh(c)
+    c, h = _cell_update(i, f, g, o, c_prev)
     tl.store(c_ptr + rows[:, None] * sc_n + cols[None, :] * sc_h, c.to(c_ptr.dtype.element_ty), mask=ok)
     tl.store(h_ptr + rows[:, None] * sh_n + cols[None, :] * sh_h, h.to(h_ptr.dtype.element_ty), mask=ok)
 
@@ -86,8 +140,6 @@ def _lstm_bwd_kernel(
     ok = (rows < N)[:, None] & (cols < H)[None, :]
     i, f, g, o = _load_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H)
     c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
-    s_i, s_f, t_g, s_o = _sigmoid(i), _sigmoid(f), _tanh(g), _sigmoid(o)
-    t_c = _tanh(s_f * c_prev + s_i * t_g)
     if HAS_DH:
         dh = tl.load(dh_ptr + rows[:, None] * sdh_n + cols[None, :] * sdh_h, mask=ok, other=0.0).to(i.dtype)
     else:
@@ -96,15 +148,10 @@ def _lstm_bwd_kernel(
         d_c = tl.load(dc_ptr + rows[:, None] * sdc_n + cols[None, :] * sdc_h, mask=ok, other=0.0).to(i.dtype)
     else:
         d_c = tl.zeros_like(i)
-    d_c += dh * s_o * (1.0 - t_c * t_c)
-    out_ty = dgates_ptr.dtype.element_ty
-    base = dgates_ptr + rows[:, None] * sdg_n + cols[None, :] * sdg_h
-    tl.store(base, (d_c * t_g * s_i * (1.0 - s_i)).to(out_ty), mask=ok)
-    tl.store(base + H * sdg_h, (d_c * c_prev * s_f * (1.0 - s_f)).to(out_ty), mask=ok)
-    tl.store(base + 2 * H * sdg_h, (d_c * s_i * (1.0 - t_g * t_g)).to(out_ty), mask=ok)
-    tl.store(base + 3 * H * sdg_h, (dh * t_c * s_o * (1.0 - s_o)).to(out_ty), mask=ok)
+    d_i, d_f, d_g, d_o, dc_prev = _cell_grads(i, f, g, o, c_prev, dh, d_c)
+    _store_gates(dgates_ptr, rows, cols, ok, sdg_n, sdg_h, H, d_i, d_f, d_g, d_o)
     tl.store(dc_prev_ptr + rows[:, None] * sdcp_n + cols[None, :] * sdcp_h,
-             (d_c * s_f).to(dc_prev_ptr.dtype.element_ty), mask=ok)
+             dc_prev.to(dc_prev_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -122,34 +169,13 @@ def _lstm_gemm_fwd_kernel(
     row_ok, col_ok = rows < N, cols < H
     ok = row_ok[:, None] & col_ok[None, :]
     acc_ty: tl.constexpr = tl.float64 if h_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc_i = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
-    acc_f = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
-    acc_g = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
-    acc_o = tl.zeros((BLOCK_N, BLOCK_H), dtype=acc_ty)
-    w_cols = w_ptr + cols[None, :] * sw_r  # (1, BLOCK_H): row q*H + j of W is column j of gate q's W^T
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_ok = ks < K
-        a = tl.load(h_ptr + rows[:, None] * sh_n + ks[None, :] * sh_k, mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        b_ok = k_ok[:, None] & col_ok[None, :]
-        b = w_cols + ks[:, None] * sw_k  # (BLOCK_K, BLOCK_H) tile of gate i's W^T
-        # fp32: full-precision products, as torch's matmul without TF32
-        acc_i = tl.dot(a, tl.load(b, mask=b_ok, other=0.0), acc_i, input_precision="ieee")
-        acc_f = tl.dot(a, tl.load(b + H * sw_r, mask=b_ok, other=0.0), acc_f, input_precision="ieee")
-        acc_g = tl.dot(a, tl.load(b + 2 * H * sw_r, mask=b_ok, other=0.0), acc_g, input_precision="ieee")
-        acc_o = tl.dot(a, tl.load(b + 3 * H * sw_r, mask=b_ok, other=0.0), acc_o, input_precision="ieee")
+    acc_i, acc_f, acc_g, acc_o = _gates_gemm(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, K, sh_n, sh_k, sw_r,
+                                             sw_k, acc_ty, BLOCK_N, BLOCK_H, BLOCK_K, False)
     i, f, g, o = _load_gates(pre_ptr, rows, cols, ok, sp_n, sp_h, H)
     i, f, g, o = i + acc_i, f + acc_f, g + acc_g, o + acc_o
-    gate_ty = gates_ptr.dtype.element_ty
-    base = gates_ptr + rows[:, None] * sg_n + cols[None, :] * sg_h
-    tl.store(base, i.to(gate_ty), mask=ok)
-    tl.store(base + H * sg_h, f.to(gate_ty), mask=ok)
-    tl.store(base + 2 * H * sg_h, g.to(gate_ty), mask=ok)
-    tl.store(base + 3 * H * sg_h, o.to(gate_ty), mask=ok)
+    _store_gates(gates_ptr, rows, cols, ok, sg_n, sg_h, H, i, f, g, o)
     c_prev = tl.load(c_prev_ptr + rows[:, None] * scp_n + cols[None, :] * scp_h, mask=ok, other=0.0).to(i.dtype)
-    c = _sigmoid(f) * c_prev + _sigmoid(i) * _tanh(g)
-    h = _sigmoid(o) * _tanh(c)
+    c, h = _cell_update(i, f, g, o, c_prev)
     tl.store(c_ptr + rows[:, None] * sc_n + cols[None, :] * sc_h, c.to(c_ptr.dtype.element_ty), mask=ok)
     tl.store(h_out_ptr + rows[:, None] * sho_n + cols[None, :] * sho_h, h.to(h_out_ptr.dtype.element_ty), mask=ok)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_resources.py"
-KERNEL_MODULES = ("lstm", "gaussian", "densities")
+KERNEL_MODULES = ("lstm", "gaussian", "densities", "recurrence")
 
 
 def _modules():
