@@ -23,6 +23,7 @@ Math: fp32 inside for fp32/bf16/fp16 inputs, fp64 for fp64; outputs are rounded 
 softplus as torch's (threshold 20); tanh, sigmoid from kernels/densities.py (relative accuracy at every scale).
 
 Contract beyond the formulas:
+  - linear's carry counts only with carry_rows: None for either makes where(carry_rows, carry, 0) zero.
   - All inputs share one compute dtype, except c_prev / c_out / dc / dc_out (the cell state may be float32
     while the rest is bf16). None for an optional input means zero / absent (a constexpr flag; a dummy pointer).
   - An output may be the same memory as an element-wise input at the same position (addend, carry, g_mu, g_a,
@@ -303,7 +304,8 @@ def linear(a, w, out, *, addend=None, bias=None, a_gate=None, relu=False, carry=
     """out (M, N) = act(A' w^T + addend + bias + where(carry_rows, carry, 0)), A' = where(a_gate > 0, a, 0).
 
     a (M, K); w (N, K) (W.t() multiplies by W); addend, carry (M, N); bias (N,); a_gate (M, K) (the relu output
-    whose gradient a is); carry_rows (M,) bool (with carry). act = relu if relu else identity.
+    whose gradient a is); carry_rows (M,) bool: the rows that take carry (None: no row does, so carry alone
+    adds nothing, e.g. an unmasked step's dh). act = relu if relu else identity.
     Example: ``linear(h, W_e1h, u1, addend=enc_x[:, t], relu=True)``.
     """
     M, K = a.shape
@@ -312,8 +314,6 @@ def linear(a, w, out, *, addend=None, bias=None, a_gate=None, relu=False, carry=
                            ("bias", bias, (N,)), ("a_gate", a_gate, (M, K)), ("carry", carry, (M, N)),
                            ("carry_rows", carry_rows, (M,))):
         _check(name, t, shape)
-    if (carry is None) != (carry_rows is None):
-        raise ValueError("carry and carry_rows go together")
     if M == 0 or N == 0:
         return
     bm, bn, bk = linear_blocks(M, N, K)
@@ -322,7 +322,8 @@ def linear(a, w, out, *, addend=None, bias=None, a_gate=None, relu=False, carry=
     add, s_add, has_add = _opt(addend, out, 2)
     b, s_b, has_bias = _opt(bias, out, 1)
     carry_t, s_carry, has_carry = _opt(carry, out, 2)
-    take, s_take, _ = _opt(carry_rows, out, 1)
+    take, s_take, has_rows = _opt(carry_rows, out, 1)
+    has_carry = has_carry and has_rows  # None for either: where(carry_rows, carry, 0) is zero
     _linear_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
         a, w, gate, add, b, carry_t, take, out, M, N, K,
         *a.stride(), *w.stride(), *s_gate, *s_add, *s_b, *s_carry, *s_take, *out.stride(),

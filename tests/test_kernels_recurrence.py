@@ -221,8 +221,13 @@ def test_linear_bad_shapes():
     args = linear_inputs(3, 4, 5, LINEAR_FLAGS["dh"])
     with pytest.raises(ValueError, match="addend must have shape"):
         _linear(dict(args, addend=args["addend"][:, :3]), _nan(3, 4))
-    with pytest.raises(ValueError, match="together"):
-        _linear(dict(args, carry_rows=None), _nan(3, 4))
+
+
+def test_linear_carry_without_rows_adds_nothing():
+    """carry_rows None (an unmasked step): no row takes the carry, even a NaN one."""
+    args = linear_inputs(3, 4, 5, LINEAR_FLAGS["dh"], seed=2)
+    want = linear_ref(**dict(args, carry=None, carry_rows=None))
+    assert_close(_linear(dict(args, carry=_nan(3, 4), carry_rows=None), _nan(3, 4)), want, **F64)
 
 
 # ---- heads --------------------------------------------------------------------------------------------
