@@ -4,8 +4,10 @@ input turning into `error: ...` with exit code 2 (no traceback)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -273,3 +275,191 @@ def test_tbptt_paper_faithful_warmup_options(speech_run, capsys, tmp_path):
     assert ckpt["tbptt_state"] is not None and ckpt["tbptt_state"][0].shape[1] == ckpt["model_config"].h_dim
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["kl_weight"] for r in log if r["kind"] == "train"] == [0.1, 0.2, 0.3]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reliability (issue 11): options, devices and paths checked before work; damaged and diverged checkpoints;
+# full disks; stop signals
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "--device", "cuda"], "CUDA is not available"),
+    (["evaluate", "--device", "foo"], "not a torch device: 'foo'"),
+    (["sample", "--device", "cuda:3"], "device 'cuda:3'"),
+    (["analyze", "--input", "x.wav", "--device", "meta"], "device 'meta' is not supported"),
+])
+def test_bad_devices_are_clean_errors(speech_run, capsys, argv, fragment):
+    _, out = speech_run
+    code, _, err = run(capsys, *argv, "--checkpoint", out / "checkpoint.pt")
+    _assert_clean_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("device", ["meta", "foo", "cuda"])
+def test_train_bad_device_fails_before_reading_data(tmp_path, capsys, monkeypatch, device):
+    import vrnn_fast.data
+
+    monkeypatch.setattr(vrnn_fast.data, "open_splits", lambda *a, **k: pytest.fail("data read before the check"))
+    code, _, err = run(capsys, "train", "--device", device, "--out", tmp_path / "o", "--steps", "1")
+    _assert_clean_error(code, err, device)
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--lr", "1e300", "learning rate in (0, 10]"), ("--lr", "1e10", "learning rate"),
+    ("--sample-rate", "100000000", "from 1000 to 192000"), ("--sample-rate", "16k", "from 1000 to 192000"),
+])
+def test_out_of_range_options_are_refused_by_the_parser(capsys, option, value, fragment):
+    with pytest.raises(SystemExit) as e:
+        main(["train", option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_output_paths_are_checked_before_any_work(speech_run, capsys, tmp_path, monkeypatch):
+    import vrnn_fast.data
+    import vrnn_fast.train
+
+    data, out = speech_run
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(vrnn_fast.data, "open_splits", lambda *a, **k: pytest.fail("data read before the check"))
+    monkeypatch.setattr(vrnn_fast.train, "evaluate_model", lambda *a, **k: pytest.fail("evaluated first"))
+    for target, fragment in ((blocker, "is a file"), (blocker / "sub", "output folder")):
+        code, _, err = run(capsys, "train", "--data", data, "--out", target, *TRAIN_FAST)
+        _assert_clean_error(code, err, target, fragment)
+    code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--json", blocker / "r.json")
+    _assert_clean_error(code, err, "--json", "is a file, not a folder")
+    code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--json", tmp_path)
+    _assert_clean_error(code, err, "--json", "is a folder")
+    code, _, err = run(capsys, "analyze", "--checkpoint", out / "checkpoint.pt", "--input", data / "utt00.wav",
+                       "--out", blocker / "a.png")
+    _assert_clean_error(code, err, "--out", "is a file, not a folder")
+
+
+def test_a_second_run_on_one_out_is_refused_naming_the_holder(speech_run, capsys, tmp_path):
+    data, _ = speech_run
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from vrnn_fast.train import run_lock
+with run_lock({str(out)!r}):
+    print("locked", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run(capsys, "train", "--data", data, "--out", out, *TRAIN_FAST)
+        _assert_clean_error(code, err, f"PID {holder.pid}", "in use by another training run")
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, *TRAIN_FAST)  # the stale lock is taken over
+    assert code == 0, err
+
+
+def _rewrite(src, dst, change) -> None:
+    """A copy of checkpoint src with change(ckpt) applied and a valid checksum (what a diverged or buggy writer
+    could have produced)."""
+    from vrnn_fast.train import write_checkpoint
+
+    ckpt = torch.load(src, weights_only=True)
+    change(ckpt)
+    write_checkpoint(ckpt, dst)
+
+
+def test_checkpoints_with_nan_weights_are_refused_everywhere(speech_run, capsys, tmp_path):
+    data, out = speech_run
+    nan = tmp_path / "nan" / "checkpoint.pt"
+    _rewrite(out / "checkpoint.pt", nan, lambda c: c["model"]["rnn.weight_hh"].fill_(float("nan")))
+    for argv in (["evaluate"], ["sample", "--out", tmp_path / "s"], ["analyze", "--input", data / "utt00.wav"]):
+        code, _, err = run(capsys, *argv, "--checkpoint", nan)
+        _assert_clean_error(code, err, "non-finite model values", "rnn.weight_hh", nan)
+    assert not (tmp_path / "s").exists()
+    code, _, err = run(capsys, "train", "--resume", "--out", nan.parent, "--steps", "5")
+    _assert_clean_error(code, err, "non-finite")
+
+
+def test_damaged_checkpoints_are_refused(speech_run, capsys, tmp_path):
+    _, out = speech_run
+    good = (out / "checkpoint.pt").read_bytes()
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]["rnn.weight_hh"]
+    at = good.find(weights.numpy().tobytes()[:64])
+    assert at > 0
+    flipped = bytearray(good)
+    flipped[at + 40] ^= 0x10  # one bit of one weight
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    code, _, err = run(capsys, "evaluate", "--checkpoint", tmp_path / "flipped.pt")
+    _assert_clean_error(code, err, "checksum does not match", "flipped.pt")
+    _rewrite(out / "checkpoint.pt", tmp_path / "neg.pt", lambda c: c["progress"].update(step=-1))
+    code, _, err = run(capsys, "sample", "--checkpoint", tmp_path / "neg.pt")
+    _assert_clean_error(code, err, "progress.step must be an integer >= 0", "neg.pt")
+
+
+def test_divergence_exits_nonzero_and_keeps_finite_files(speech_run, capsys, tmp_path, monkeypatch):
+    from vrnn_fast.train import Trainer
+
+    data, _ = speech_run
+    out = tmp_path / "div"
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, *TRAIN_FAST)
+    assert code == 0, err
+    best = read_checkpoint(out / "best.pt")["progress"]["step"]
+
+    def nan_gradients(self):  # what a far too large learning rate does after a few updates
+        for p in self.model.parameters():
+            p.grad = torch.full_like(p, float("nan"))
+        return float("nan"), True
+
+    monkeypatch.setattr(Trainer, "_clip_and_step", nan_gradients)
+    code, _, err = run(capsys, "train", "--resume", "--out", out, "--steps", "20", "--max-skipped-updates", "3")
+    assert code == 1 and "error: training diverged at step 6" in err and "3 updates in a row" in err
+    assert read_checkpoint(out / "checkpoint.pt")["progress"]["step"] == 4  # --checkpoint-every 2
+    assert read_checkpoint(out / "best.pt")["progress"]["step"] == best
+    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["kind"] == "diverged"
+
+
+def test_full_disk_while_saving_is_one_error_line(speech_run, capsys, tmp_path, monkeypatch):
+    import errno
+    import io
+
+    import vrnn_fast.train
+
+    data, _ = speech_run
+    out = tmp_path / "full"
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, *TRAIN_FAST)
+    assert code == 0, err
+    before = (out / "checkpoint.pt").read_bytes()
+
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vrnn_fast.train, "open", lambda path, mode="r", **kw: FullDisk(path, "w") if mode == "wb"
+                        else open(path, mode, **kw), raising=False)
+    code, _, err = run(capsys, "train", "--resume", "--out", out, "--steps", "5", "--eval-every", "100")
+    last = err.splitlines()[-1]  # after the "training ..." line
+    _assert_clean_error(code, last + "\n", "No space left on device", out / "checkpoint.pt", "is intact")
+    assert err.count("error:") == 1 and "Traceback" not in err and "enforce fail" not in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl", "run.lock"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_stop_signals_checkpoint_and_exit_128_plus_signum(speech_run, tmp_path, sig):
+    data, _ = speech_run
+    out = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, "-m", "vrnn_fast", "train", "--data", str(data), "--out", str(out),
+                             "--steps", "100000", "--log-every", "1", "--batch-size", "4", "--device", "cpu",
+                             "--eval-every", "100000", "--checkpoint-every", "100000"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and signal.Signals(sig).name in err
+    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert read_checkpoint(out / "checkpoint.pt")["progress"]["step"] == log[-1]["step"] >= 1

@@ -1,17 +1,21 @@
 """The ``vrnn-fast`` command: train, evaluate, sample and analyze VRNNs (also ``python -m vrnn_fast``).
 
 Bad input (a missing or empty folder, an unreadable file, a damaged checkpoint, a checkpoint of another
-config, an output path that cannot be written) prints ``error: <message>`` on stderr and exits with code 2,
-without a traceback.
+config, an output path that cannot be written, an unusable device, an out-of-range option) prints
+``error: <message>`` on stderr and exits with code 2, without a traceback; options, devices and output paths
+are checked before any work starts. A training run that diverges exits with code 1 (``error:`` line); one
+stopped by SIGINT, SIGTERM or SIGHUP writes a checkpoint and exits with 128 + the signal's number.
 Several GPUs or machines: ``torchrun --nproc-per-node N -m vrnn_fast train ...`` trains with DDP.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +26,8 @@ import torch
 # Default number of updates of `vrnn-fast train` without --steps/--epochs: the tiny preset on the shipped
 # speech set finishes in a few minutes on a 2-core CPU.
 DEFAULT_STEPS = 4000
+SAMPLE_RATES = (1000, 192000)  # --sample-rate range (Hz): resampling to far above it takes minutes per file
+MAX_LR = 10.0  # as VRNNConfig / TrainConfig allow
 
 
 def _positive_int(text: str) -> int:
@@ -51,6 +57,24 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"expected a learning rate in (0, {MAX_LR:g}], got {text!r}")
+    return value
+
+
+def _sample_rate(text: str) -> int:
+    low, high = SAMPLE_RATES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected a positive integer from {low} to {high} (Hz), got {text!r}")
     return value
 
 
@@ -86,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"updates to train for, in total (default {DEFAULT_STEPS} when --epochs is not given)")
     t.add_argument("--epochs", type=_positive_int, help="passes over the training data")
     t.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the preset's)")
-    t.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: the preset's)")
+    t.add_argument("--lr", type=_learning_rate, help=f"Adam learning rate, at most {MAX_LR:g} (default: the "
+                                                     "preset's)")
     t.add_argument("--clip", type=_positive_float, default=None, help="global gradient-norm clip (default 5)")
     t.add_argument("--out", help="output folder (default: runs/<preset>)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
@@ -113,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "improvement (default: never)")
     t.add_argument("--checkpoint-every", type=_positive_int, help="updates between checkpoints (default 200)")
     t.add_argument("--log-every", type=_positive_int, help="updates between metrics lines (default 10)")
+    t.add_argument("--max-skipped-updates", type=_positive_int,
+                   help="stop with an error (exit 1) after this many updates in a row with a non-finite loss or "
+                        "gradient (default 10)")
     t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
-    t.add_argument("--sample-rate", type=_positive_int, default=16000, help="audio sample rate in Hz "
-                                                                            "(files are resampled to it)")
+    t.add_argument("--sample-rate", type=_sample_rate, default=16000,
+                   help=f"audio sample rate in Hz, {SAMPLE_RATES[0]} to {SAMPLE_RATES[1]} (files are resampled "
+                        f"to it)")
     t.add_argument("--segment-seconds", type=_positive_float, default=0.5, help="length of training segments")
     t.add_argument("--whole-utterances", action="store_true",
                    help="train on whole utterances (padded and masked) instead of segments")
@@ -157,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `vrnn-fast train`")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="FastVRNN backend")
 
 
@@ -165,16 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 with ``error: ...`` on stderr for bad input)."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
+    from .train import TrainingDiverged
+
     with warnings.catch_warnings():  # warnings (e.g. skipped files) as plain `warning: ...` lines
         warnings.showwarning = _show_warning
         try:
             return handler[args.command](args)
-        except (ValueError, OSError) as e:  # DataError is a ValueError; OSError: e.g. an unwritable --out
+        except (ValueError, OSError) as e:  # DataError is a ValueError; OSError: e.g. a full disk
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
+        except TrainingDiverged as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:  # a second stop signal (train.Interrupted), or Ctrl-C outside training
             print("interrupted", file=sys.stderr)
-            return 130
+            return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -191,6 +225,8 @@ def _init_distributed() -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 
@@ -202,19 +238,18 @@ def _train_overrides(args) -> dict:
              "tbptt": args.tbptt, "reset_every": args.reset_every, "paper_faithful": args.paper_faithful,
              "kl_warmup_steps": args.kl_warmup, "bf16": args.bf16, "eval_every": args.eval_every,
              "patience": args.patience, "checkpoint_every": args.checkpoint_every,
-             "log_every": args.log_every}
+             "log_every": args.log_every, "max_skipped_updates": args.max_skipped_updates}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
 def cmd_train(args) -> int:
-    from .config import VRNNConfig
-    from .data import AudioConfig, open_splits
-    from .train import CHECKPOINT_NAME, TrainConfig, Trainer, config_mismatch, read_checkpoint
+    from .train import CHECKPOINT_NAME, parse_device, read_checkpoint, run_lock
 
     started_dist = _init_distributed()
     try:
-        overrides = _train_overrides(args)
-        ckpt = None
+        if args.device is not None:
+            parse_device(args.device, check_available=True)
+        ckpt, resume_path = None, None
         if args.resume is not None:
             if args.resume is True:
                 if args.out is None:
@@ -223,80 +258,92 @@ def cmd_train(args) -> int:
             else:
                 resume_path = Path(args.resume)
             ckpt = read_checkpoint(resume_path)
-
-        if ckpt is not None:
-            info = ckpt["data"]
-            source = args.data if args.data is not None else info.get("source")
-            audio = AudioConfig(**info["audio"]) if info.get("audio") else _audio_config(args, None)
-            split_seed = info.get("split_seed", ckpt["train_config"].seed)  # the same split as before
-            if args.split_seed is not None and args.split_seed != split_seed:
-                raise ValueError(f"--split-seed {args.split_seed} differs from the split seed {split_seed} of "
-                                 f"checkpoint {resume_path}; a resumed run keeps its split")
-            splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=split_seed,
-                                 skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
-            model_config = ckpt["model_config"]
-            if args.preset is not None:
-                diff = config_mismatch(VRNNConfig.preset(args.preset), model_config)
-                if diff:
-                    raise ValueError(f"--preset {args.preset} differs from the config of checkpoint {resume_path} "
-                                     f"({diff}; preset vs checkpoint)")
-            values = ckpt["train_config"].to_dict()
-            values.update(overrides)
-            if args.out is not None:
-                values["out_dir"] = args.out
-            if "steps" not in overrides and "epochs" in overrides:
-                values["steps"] = None
-            config = TrainConfig(**values)
-        else:
-            preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
-            audio = _audio_config(args, preset_probe)
-            split_seed = args.split_seed if args.split_seed is not None else args.seed or 0
-            splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
-            preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
-            model_config = VRNNConfig.preset(preset)
-            if model_config.x_dim != splits.x_dim:
-                raise ValueError(f"preset {preset} expects x_dim={model_config.x_dim}, but the {splits.kind} data "
-                                 f"has {splits.x_dim} features per step")
-            if "steps" not in overrides and "epochs" not in overrides:
-                overrides["steps"] = DEFAULT_STEPS
-            elif "steps" not in overrides:
-                overrides["steps"] = None
-            overrides.setdefault("device", _default_device())
-            config = TrainConfig(out_dir=args.out or f"runs/{preset}", **overrides)
-        if started_dist and config.device.startswith("cuda"):
-            config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(torch.device(config.device))
-
-        if args.data is not None:
-            source = str(Path(args.data).resolve())
-        else:  # the shipped set (None), or the source the resumed run was trained on
-            source = None if ckpt is None else ckpt["data"].get("source")
-        info = {"kind": splits.kind, "source": source, "split_seed": split_seed,
-                "audio": None if splits.audio is None else _audio_dict(splits.audio)}
-        trainer = Trainer(model_config, config, splits.train, splits.valid, splits.normalizer, info)
-        if ckpt is not None:
-            trainer.resume(resume_path)
-        rank0 = trainer.rank == 0
-        if rank0:
-            print(f"training {model_config.model}-{model_config.output} ({_n_params(trainer.model):,} parameters) on "
-                  f"{splits.kind} data: {splits.train.num_sequences} train / {splits.valid.num_sequences} valid "
-                  f"sequences; step {trainer.step} -> {config.steps or '-'} (epochs {config.epochs or '-'}), "
-                  f"batch {trainer.batch_size}, lr {trainer.lr:g}, device {config.device}, writing {config.out_dir}",
-                  file=sys.stderr)
-        summary = trainer.fit()
-        if rank0:
-            train = summary["train"]
-            best = summary["best_valid_elbo_per_frame"]
-            print(f"stopped ({summary['stopped']}) at step {summary['step']}, epoch {summary['epoch']}"
-                  + (f"; last train -ELBO/seq {train['loss']:.2f}" if train else "")
-                  + (f"; best valid ELBO/frame {best:.4f}" if best is not None else "")
-                  + f"; checkpoint {Path(config.out_dir) / CHECKPOINT_NAME}")
-        return 0
+            parse_device(args.device or ckpt["train_config"].device, check_available=True)
+        out = args.out or (ckpt["train_config"].out_dir if ckpt else args.preset and f"runs/{args.preset}")
+        # Lock (and so check) the output folder before the data is read; the Trainer locks it otherwise.
+        with run_lock(out) if out else contextlib.nullcontext():
+            return _train(args, ckpt, resume_path, started_dist)
     finally:
         if started_dist:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _train(args, ckpt, resume_path, started_dist: bool) -> int:
+    """cmd_train once the options, the device and the output folder are checked."""
+    from .config import VRNNConfig
+    from .data import AudioConfig, open_splits
+    from .train import CHECKPOINT_NAME, TrainConfig, Trainer, config_mismatch
+
+    overrides = _train_overrides(args)
+    if ckpt is not None:
+        info = ckpt["data"]
+        source = args.data if args.data is not None else info.get("source")
+        audio = AudioConfig(**info["audio"]) if info.get("audio") else _audio_config(args, None)
+        split_seed = info.get("split_seed", ckpt["train_config"].seed)  # the same split as before
+        if args.split_seed is not None and args.split_seed != split_seed:
+            raise ValueError(f"--split-seed {args.split_seed} differs from the split seed {split_seed} of "
+                             f"checkpoint {resume_path}; a resumed run keeps its split")
+        model_config = ckpt["model_config"]
+        if args.preset is not None:
+            diff = config_mismatch(VRNNConfig.preset(args.preset), model_config)
+            if diff:
+                raise ValueError(f"--preset {args.preset} differs from the config of checkpoint {resume_path} "
+                                 f"({diff}; preset vs checkpoint)")
+        values = ckpt["train_config"].to_dict()
+        values.update(overrides)
+        if args.out is not None:
+            values["out_dir"] = args.out
+        if "steps" not in overrides and "epochs" in overrides:
+            values["steps"] = None
+        config = TrainConfig(**values)
+        splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=split_seed,
+                             skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
+    else:
+        preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
+        audio = _audio_config(args, preset_probe)
+        split_seed = args.split_seed if args.split_seed is not None else args.seed or 0
+        splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
+        preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
+        model_config = VRNNConfig.preset(preset)
+        if model_config.x_dim != splits.x_dim:
+            raise ValueError(f"preset {preset} expects x_dim={model_config.x_dim}, but the {splits.kind} data "
+                             f"has {splits.x_dim} features per step")
+        if "steps" not in overrides and "epochs" not in overrides:
+            overrides["steps"] = DEFAULT_STEPS
+        elif "steps" not in overrides:
+            overrides["steps"] = None
+        overrides.setdefault("device", _default_device())
+        config = TrainConfig(out_dir=args.out or f"runs/{preset}", **overrides)
+    if started_dist and config.device.startswith("cuda"):
+        config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+    if args.data is not None:
+        source = str(Path(args.data).resolve())
+    else:  # the shipped set (None), or the source the resumed run was trained on
+        source = None if ckpt is None else ckpt["data"].get("source")
+    info = {"kind": splits.kind, "source": source, "split_seed": split_seed,
+            "audio": None if splits.audio is None else _audio_dict(splits.audio)}
+    trainer = Trainer(model_config, config, splits.train, splits.valid, splits.normalizer, info)
+    if ckpt is not None:
+        trainer.resume(resume_path)
+    rank0 = trainer.rank == 0
+    if rank0:
+        print(f"training {model_config.model}-{model_config.output} ({_n_params(trainer.model):,} parameters) on "
+              f"{splits.kind} data: {splits.train.num_sequences} train / {splits.valid.num_sequences} valid "
+              f"sequences; step {trainer.step} -> {config.steps or '-'} (epochs {config.epochs or '-'}), "
+              f"batch {trainer.batch_size}, lr {trainer.lr:g}, device {config.device}, writing {config.out_dir}",
+              file=sys.stderr)
+    summary = trainer.fit()
+    if rank0:
+        train = summary["train"]
+        best = summary["best_valid_elbo_per_frame"]
+        print(f"stopped ({summary['stopped']}) at step {summary['step']}, epoch {summary['epoch']}"
+              + (f"; last train -ELBO/seq {train['loss']:.2f}" if train else "")
+              + (f"; best valid ELBO/frame {best:.4f}" if best is not None else "")
+              + f"; checkpoint {Path(config.out_dir) / CHECKPOINT_NAME}")
+    return 0 if summary["signal"] is None else 128 + summary["signal"]
 
 
 def _audio_config(args, preset):
@@ -324,9 +371,24 @@ def _n_params(model) -> int:
 # evaluate / sample / analyze
 
 
-def _load(args):
-    from .train import load_model, read_checkpoint
+def _check_output(path, option: str, is_file: bool = False) -> None:
+    """ValueError unless ``path`` (a folder, or with ``is_file`` a file) can be created or overwritten: checked
+    before any work, without creating anything."""
+    path = Path(path)
+    if is_file and path.is_dir():
+        raise ValueError(f"{option} {path} is a folder, not a file")
+    start = path.absolute().parent if is_file else path.absolute()
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not writable")
 
+
+def _load(args):
+    from .train import load_model, parse_device, read_checkpoint
+
+    parse_device(args.device, check_available=True)
     ckpt = read_checkpoint(args.checkpoint)
     model, normalizer, config = load_model(args.checkpoint, backend=args.backend, device=args.device)
     return ckpt, model, normalizer, config
@@ -336,6 +398,8 @@ def cmd_evaluate(args) -> int:
     from .data import AudioConfig, open_splits
     from .train import evaluate_model
 
+    if args.json:
+        _check_output(args.json, "--json", is_file=True)
     ckpt, model, normalizer, config = _load(args)
     info = ckpt["data"]
     audio = AudioConfig(**info["audio"]) if info.get("audio") else AudioConfig()
@@ -371,6 +435,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    _check_output(args.out, "--out")
     ckpt, model, normalizer, config = _load(args)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     x = model.sample(args.n, args.steps, mean_output=args.mean, generator=gen)  # (n, steps, D)
@@ -418,6 +483,7 @@ def _draw_strokes(seq: np.ndarray, path: Path) -> Path:
 def cmd_analyze(args) -> int:
     from .data import frames, read_audio
 
+    _check_output(args.out, "--out", is_file=True)
     ckpt, model, normalizer, config = _load(args)
     if config.output == "bigmm":
         raise ValueError(f"analyze works on speech models; {args.checkpoint} is a handwriting model")
