@@ -19,17 +19,28 @@ Model of the work (stated so a floor can be checked, not tuned):
 - Floor = max(FLOPs / peak FLOP/s, bytes / bandwidth): neither the compute nor the traffic can take
   less time. Launch latency and the sequential dependency between steps are not counted.
 
-Ceilings of an H100 SXM (the ``H100`` constant): 3.0 TB/s, the copy bandwidth measured on the part
-(the data sheet says 3.35); 800 TFLOP/s dense bf16 matmul (measured cuBLAS; 989 on the data
-sheet); TF32 at half of bf16, 400 TFLOP/s (the data sheet's ratio); plain fp32 on the CUDA cores,
-60 TFLOP/s (67 on the data sheet). Only the bandwidth and bf16 figures were given as measured.
+Ceilings, one row per GPU kind, picked by :func:`device_for` from ``torch.cuda.get_device_name()`` (a GPU
+without a row gets no floor):
+- ``H100`` (SXM): 3.0 TB/s, the copy bandwidth measured on the part (the data sheet says 3.35); 800 TFLOP/s
+  dense bf16 matmul (measured cuBLAS; 989 on the data sheet); TF32 at half of bf16, 400 TFLOP/s (the data
+  sheet's ratio); plain fp32 on the CUDA cores, 60 TFLOP/s (67 on the data sheet). Only the bandwidth and
+  bf16 figures were given as measured.
+- ``H200`` (SXM): the data sheet's peaks: 4.8 TB/s HBM3e, 989 TFLOP/s dense bf16, 494.5 dense TF32, 67 fp32.
+  Measured on the lent part: about 4.3 TB/s copy and 790 TFLOP/s bf16, so its floors are 10-20% below
+  what the part reaches (the H100 row uses measured figures: the two rows are not on the same basis).
 
-Run as a script for a table: ``python benchmarks/roofline.py timit-vrnn-gauss --batch 64 --steps 40``.
+Launch projection (:func:`launch_time_s`): the launches of the sequential loop alone, per step times T, at
+an assumed cost per launch (``EAGER_LAUNCH_S``, ``GRAPHED_LAUNCH_S``; not measured here). Floor and launch
+time are both lower bounds of an iteration; the larger one says what bounds it.
+
+Run as a script for a table: ``python benchmarks/roofline.py timit-vrnn-gauss --batch 64 --steps 40 --device h200
+--launches-per-step 112``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
 from vrnn_fast import VRNNConfig
@@ -58,6 +69,26 @@ class Device:
 
 
 H100 = Device("H100 SXM", bandwidth=3.0e12, flops={"float32": 60e12, "tf32": 400e12, "bf16": 800e12})
+H200 = Device("H200 SXM", bandwidth=4.8e12, flops={"float32": 67e12, "tf32": 494.5e12, "bf16": 989e12})
+# torch.cuda.get_device_name() -> ceilings. "NVIDIA H100 80GB HBM3" is the SXM part; H100 PCIe / NVL, H200 NVL
+# and GH200 have other ceilings and no row.
+_NAMES = ((re.compile(r"\bH200\b(?!.*\bNVL\b)"), H200), (re.compile(r"\bH100\b.*\b(HBM3|SXM)"), H100))
+
+# Assumed cost of one launch: eager, the host time of a PyTorch op (dispatcher, autograd, launch call), the low
+# end of the 5-20 us it takes; inside a CUDA graph, the device's gap between two small dependent kernels.
+EAGER_LAUNCH_S = 5e-6
+GRAPHED_LAUNCH_S = 3e-6
+
+
+def device_for(name: str) -> Device | None:
+    """The ceilings for a CUDA device name (``torch.cuda.get_device_name()``), or None: no row for that GPU."""
+    return next((device for pattern, device in _NAMES if pattern.search(name)), None)
+
+
+def launch_time_s(launches_per_step: float, steps: int, graphed: bool = False) -> float:
+    """Time the loop's launches take over ``steps`` steps: launches_per_step * steps * the cost of one launch
+    (``GRAPHED_LAUNCH_S`` inside a CUDA graph, else ``EAGER_LAUNCH_S``)."""
+    return launches_per_step * steps * (GRAPHED_LAUNCH_S if graphed else EAGER_LAUNCH_S)
 
 
 @dataclass(frozen=True)
@@ -222,22 +253,33 @@ def _check(config, batch, steps, precision, mode) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+DEVICES = {"h100": H100, "h200": H200}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=VRNNConfig.presets())
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--device", choices=DEVICES, default="h100", help="ceilings (default: h100)")
+    parser.add_argument("--launches-per-step", type=float, default=None, metavar="N",
+                        help="also project the launch time of a training iteration at N launches per step")
     args = parser.parse_args(argv)
-    config = VRNNConfig.preset(args.preset)
+    config, device = VRNNConfig.preset(args.preset), DEVICES[args.device]
     batch = args.batch or config.batch_size
-    print(f"{args.preset}: P = {n_params(config):,} parameters, B = {batch}, T = {args.steps}, ceilings {H100}")
+    print(f"{args.preset}: P = {n_params(config):,} parameters, B = {batch}, T = {args.steps}, ceilings {device}")
     print(f"{'precision':9} {'work':14} {'GFLOP':>10} {'MB':>10} {'FLOP/B':>8} {'floor ms':>9}")
     for precision in PRECISIONS:
-        rows = [("step forward", step_cost(config, batch, precision))]
-        rows += [(f"iter {mode}", iteration_cost(config, batch, args.steps, precision, mode)) for mode in MODES]
+        rows = [("step forward", step_cost(config, batch, precision, device))]
+        rows += [(f"iter {mode}", iteration_cost(config, batch, args.steps, precision, mode, device)) for mode in MODES]
         for what, cost in rows:
             print(f"{precision:9} {what:14} {cost.flops / 1e9:10.2f} {cost.bytes / 1e6:10.1f} "
                   f"{cost.intensity:8.1f} {cost.floor_s * 1e3:9.3f}")
+    if args.launches_per_step is not None:
+        n = args.launches_per_step
+        print(f"launch time of the loop at {n:g} launches per step: {launch_time_s(n, args.steps) * 1e3:.3f} ms eager "
+              f"({EAGER_LAUNCH_S * 1e6:g} us each), {launch_time_s(n, args.steps, graphed=True) * 1e3:.3f} ms "
+              f"in a CUDA graph ({GRAPHED_LAUNCH_S * 1e6:g} us each)")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,43 @@ def test_bad_arguments(args, match):
     config = VRNNConfig.preset(args[0]) if args[0] in VRNNConfig.presets() else args[0]
     with pytest.raises(ValueError, match=match):
         roofline.iteration_cost(config, *args[1:])
+
+
+@pytest.mark.parametrize(("name", "device"), [
+    ("NVIDIA H200", "H200"),
+    ("NVIDIA H200 141GB HBM3e", "H200"),
+    ("NVIDIA H100 80GB HBM3", "H100"),
+    ("NVIDIA H100 SXM5 80GB", "H100"),
+    ("NVIDIA H100 PCIe", None),  # other ceilings: no row
+    ("NVIDIA H100 NVL", None),
+    ("NVIDIA H200 NVL", None),
+    ("NVIDIA GH200 480GB", None),
+    ("NVIDIA A100-SXM4-80GB", None),
+    ("", None),
+])
+def test_ceilings_by_device_name(name, device):
+    found = roofline.device_for(name)
+    assert found is (None if device is None else getattr(roofline, device))
+
+
+def test_h200_row_is_the_data_sheet():
+    h200 = roofline.H200
+    assert (h200.bandwidth, h200.flops["bf16"], h200.flops["tf32"], h200.flops["float32"]) == (4.8e12, 989e12,
+                                                                                               494.5e12, 67e12)
+    config = VRNNConfig.preset("timit-vrnn-gmm")
+    on_h100 = roofline.iteration_cost(config, 64, 40, "bf16", "train", roofline.H100)
+    on_h200 = roofline.iteration_cost(config, 64, 40, "bf16", "train", h200)
+    assert on_h200.flops == on_h100.flops and on_h200.floor_s < on_h100.floor_s
+    assert on_h200.floor_s == pytest.approx(max(on_h200.flops / 989e12, on_h200.bytes / 4.8e12))
+
+
+def test_launch_time():
+    assert roofline.launch_time_s(100, 40) == pytest.approx(100 * 40 * roofline.EAGER_LAUNCH_S)
+    assert roofline.launch_time_s(100, 40, graphed=True) == pytest.approx(100 * 40 * roofline.GRAPHED_LAUNCH_S)
+    assert roofline.GRAPHED_LAUNCH_S < roofline.EAGER_LAUNCH_S
+
+
+def test_script_prints_the_device_and_the_launch_projection(capsys):
+    roofline.main(["tiny", "--device", "h200", "--launches-per-step", "50"])
+    out = capsys.readouterr().out
+    assert "H200 SXM" in out and "50 launches per step: 10.000 ms eager" in out and "6.000 ms in a CUDA graph" in out
