@@ -1,0 +1,269 @@
+"""Property-based tests (hypothesis): every op of both backends (reference.TORCH_OPS, triton_ops.TRITON_OPS; the
+Triton ones under TRITON_INTERPRET=1 without CUDA) on random shapes, masks, dtypes and extreme-but-valid values
+stays finite and within its stated error of the float64 reference, forward and backward; invalid input raises
+ValueError; random tiny models agree across implementations; bad configs are refused.
+
+Reproducible: derandomized, few examples, no deadline. Stated errors: float64 within 1e-9 relative (plus 1e-9
+absolute) of the float64 reference; float32 within 2x the error of the plain PyTorch reference in float32 (the
+project's low-precision rule) plus 2e-6 relative, and the PyTorch reference itself within 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vrnn_fast.reference import TORCH_OPS  # noqa: E402
+from vrnn_fast.triton_ops import TRITON_OPS  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = {"torch": TORCH_OPS, "triton": TRITON_OPS}
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+NO_SHRINK = settings(PROPERTY, phases=[Phase.explicit, Phase.generate])
+REGIMES = ("plain", "sigma_at_floor", "saturated_logits", "huge_x", "tiny_x", "mixed")
+F64_RTOL = 1e-9
+F32_RTOL = 2e-6
+TORCH32_RTOL = 1e-4
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+
+def _values(rng: np.random.Generator, shape, kind: str, regime: str) -> np.ndarray:
+    """Float64 values of one input. kind: "x" (data, means, cell state), "a" (sigma pre-activation), "logit"
+    (logits, gates, rho, pen) or "eps". Regimes push inputs to the edges of the valid range: sigma at its floor
+    (a = -50), logits +-50, |x| up to 1e4, |x| down to 1e-30; "mixed" mixes them element-wise."""
+    v = rng.normal(size=shape)
+    extreme = {"a": ("sigma_at_floor", np.full(shape, -50.0)),
+               "logit": ("saturated_logits", rng.choice([-50.0, 50.0], size=shape)),
+               "x": ("huge_x", rng.uniform(-1e4, 1e4, size=shape))}
+    if kind == "x" and regime == "tiny_x":
+        return v * 1e-30
+    if kind in extreme:
+        name, values = extreme[kind]
+        if regime == name:
+            return values
+        if regime == "mixed":
+            return np.where(rng.random(shape) < 0.3, values, v)
+    return v
+
+
+@st.composite
+def op_cases(draw, op: str, min_lead: int = 0):
+    """(inputs as float64 tensors or None, floor, mask) for one op; at least ``min_lead`` leading dims."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    regime = draw(st.sampled_from(REGIMES))
+    lead = tuple(draw(st.lists(st.integers(1, 3), min_size=min_lead, max_size=2)))
+    n, k = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    floor = draw(st.sampled_from([1e-4, 1e-2, 1.0]))
+
+    def t(*event, kind):
+        return torch.from_numpy(_values(rng, lead + event, kind, regime))
+
+    if op == "lstm_cell":
+        inputs = [t(4 * n, kind="logit"), t(n, kind="x")]
+    elif op == "reparameterize":
+        inputs = [t(n, kind="x"), t(n, kind="a"), t(n, kind="eps")]
+    elif op == "gaussian_kl":
+        standard_prior = draw(st.booleans())
+        inputs = [t(n, kind="x"), t(n, kind="a")] + ([None, None] if standard_prior else
+                                                     [t(n, kind="x"), t(n, kind="a")])
+    elif op == "gaussian_nll":
+        inputs = [t(n, kind="x"), t(n, kind="x"), t(n, kind="a")]
+    elif op == "gmm_nll":
+        inputs = [t(n, kind="x"), t(n, k, kind="x"), t(n, k, kind="a"), t(k, kind="logit")]
+    else:  # bigmm_nll
+        x = t(3, kind="x")
+        x[..., 0] = torch.from_numpy(np.asarray(rng.integers(0, 2, size=lead), dtype=np.float64))
+        inputs = [x, t(2, k, kind="x"), t(2, k, kind="a"), t(k, kind="logit"), t(k, kind="logit"),
+                  t(kind="logit")]
+    mask = None
+    if op not in ("lstm_cell", "reparameterize") and draw(st.booleans()):
+        mask = torch.from_numpy(np.asarray(rng.random(lead) < 0.7))
+    return inputs, floor, mask
+
+
+def _call(ops, op: str, inputs, floor, mask):
+    fn = getattr(ops, op)
+    if op == "lstm_cell":
+        return fn(*inputs)
+    return fn(*inputs, floor) if mask is None else fn(*inputs, floor, mask)
+
+
+def _run(ops, op, inputs, floor, mask, dtype):
+    """Outputs and input gradients (of a fixed random weighting of the outputs), all as float64."""
+    xs = [None if t is None else t.to(DEVICE, dtype).requires_grad_() for t in inputs]
+    m = None if mask is None else mask.to(DEVICE)
+    outs = _call(ops, op, xs, floor, m)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(DEVICE) for o in outs]
+    loss = sum((o.double() * w).sum() for o, w in zip(outs, weights, strict=True))
+    live = [x for x in xs if x is not None]
+    grads = torch.autograd.grad(loss, live, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(live, grads, strict=True)]
+    return [o.detach().double().cpu() for o in outs] + [g.double().cpu() for g in grads]
+
+
+def _excess(got: list, want: list, rtol: float) -> float:
+    """max over elements of |got - want| / (rtol * (1 + |want|)): <= 1 means within the tolerance."""
+    return max(float(((g - w).abs() / (rtol * (1 + w.abs()))).max()) if g.numel() else 0.0
+               for g, w in zip(got, want, strict=True))
+
+
+def _errors(got: list, want: list) -> list:
+    return [(g - w).abs() for g, w in zip(got, want, strict=True)]
+
+
+OP_NAMES = ("lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll", "gmm_nll", "bigmm_nll")
+
+
+def _min_lead(backend: str, op: str) -> int:
+    # Triton bigmm_nll without leading dims is a known bug (test_triton_bigmm_without_leading_dims): the other
+    # properties still cover it with leading dims.
+    return 1 if (backend, op) == ("triton", "bigmm_nll") else 0
+
+
+# ---- ops: finite and within the stated error ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_float64_ops_match_the_reference(backend, op):
+    @PROPERTY
+    @given(op_cases(op, _min_lead(backend, op)))
+    def check(case):
+        want = _run(TORCH_OPS, op, *case, torch.float64)
+        got = _run(BACKENDS[backend], op, *case, torch.float64)
+        assert all(torch.isfinite(g).all() for g in got), "non-finite output or gradient"
+        assert _excess(got, want, F64_RTOL) <= 1
+
+    check()
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_float32_ops_are_finite_and_within_2x_of_plain_pytorch(op):
+    """Triton in float32 is at most 2x as far from the float64 reference as PyTorch in float32 (+ 2e-6 rel.)."""
+    @PROPERTY
+    @given(op_cases(op, _min_lead("triton", op)))
+    def check(case):
+        want = _run(TORCH_OPS, op, *case, torch.float64)
+        plain = _errors(_run(TORCH_OPS, op, *case, torch.float32), want)
+        got = _run(TRITON_OPS, op, *case, torch.float32)
+        assert all(torch.isfinite(g).all() for g in got), "non-finite output or gradient"
+        for err, e_plain, w in zip(_errors(got, want), plain, want, strict=True):
+            assert bool((err <= 2 * e_plain + F32_RTOL * (1 + w.abs())).all())
+
+    check()
+
+
+BIGMM_F32 = pytest.mark.xfail(strict=True, reason="bigmm_nll in float32 loses ~1e-2 relative accuracy at "
+                              "saturated rho (1 - rho^2 = 2e-6 computed as 1 - rho*rho in float32), in the "
+                              "reference and the kernel alike: see test_bigmm_float32_saturated_rho")
+
+
+@pytest.mark.parametrize("op", [pytest.param(op, marks=BIGMM_F32) if op == "bigmm_nll" else op for op in OP_NAMES])
+def test_float32_reference_ops_are_accurate(op):
+    """The plain PyTorch op in float32 is within 1e-4 relative (+1e-4 absolute) of its float64 evaluation."""
+    @PROPERTY
+    @given(op_cases(op))
+    def check(case):
+        want = _run(TORCH_OPS, op, *case, torch.float64)
+        got = _run(TORCH_OPS, op, *case, torch.float32)
+        assert all(torch.isfinite(g).all() for g in got)
+        assert _excess(got, want, TORCH32_RTOL) <= 1
+
+    check()
+
+
+@pytest.mark.xfail(strict=True, reason="float32 cancellation in 1 - rho^2 at saturated rho (reference.py "
+                   "bigmm_nll and kernels/densities.py): relative error ~1e-2")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bigmm_float32_saturated_rho(backend):
+    """Minimal reproducer: one component, rho_raw = 50 (rho = RHO_MAX), dx = dy = 1."""
+    x = torch.tensor([[0.0, 1.0, 1.0]], dtype=torch.float64)
+    args = [x, torch.zeros(1, 2, 1, dtype=torch.float64), torch.zeros(1, 2, 1, dtype=torch.float64),
+            torch.full((1, 1), 50.0, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+            torch.zeros(1, dtype=torch.float64)]
+    want = TORCH_OPS.bigmm_nll(*args, 1e-4)
+    got = BACKENDS[backend].bigmm_nll(*[a.float().to(DEVICE) for a in args], 1e-4).double().cpu()
+    torch.testing.assert_close(got, want, rtol=TORCH32_RTOL, atol=TORCH32_RTOL)
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="triton_ops._rows: expand() of a 0-dim tensor "
+                   "(pen_logit) with no leading dims")
+def test_triton_bigmm_without_leading_dims():
+    """Minimal reproducer: x (3,), mu and a (2, K), rho_raw and logits (K,), pen_logit () work in the reference."""
+    args = [torch.tensor([1.0, 0.5, -0.5]), torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(2), torch.zeros(2),
+            torch.tensor(0.0)]
+    want = TORCH_OPS.bigmm_nll(*args, 1e-4)
+    torch.testing.assert_close(TRITON_OPS.bigmm_nll(*[a.to(DEVICE) for a in args], 1e-4).cpu(), want)
+
+
+# ---- ops: invalid input -------------------------------------------------------------------------------
+
+CORRUPTIONS = ("trailing_size", "int_dtype", "not_a_tensor", "leading_mismatch", "nan_floor", "negative_floor",
+               "inf_floor", "str_floor", "float_mask", "mask_shape")
+
+
+@st.composite
+def invalid_cases(draw, op: str):
+    """(inputs, floor, mask, corruption) with exactly one thing wrong."""
+    inputs, floor, mask = draw(op_cases(op, min_lead=1))
+    options = [c for c in CORRUPTIONS if op != "lstm_cell" or not ("floor" in c or "mask" in c)]
+    if op == "reparameterize":
+        options = [c for c in options if "mask" not in c]
+    corruption = draw(st.sampled_from(options))
+    inputs = list(inputs)
+    live = sum(t is not None for t in inputs)  # the None pair of a standard-normal prior comes last
+    i = draw(st.integers(0, live - 1))
+    t, lead0 = inputs[i], inputs[0].shape[0]
+    if corruption == "trailing_size":  # (pen_logit has no event dims: its last dim is a broadcast leading dim)
+        i = min(i, 4) if op == "bigmm_nll" else i
+        inputs[i] = torch.cat([inputs[i], inputs[i][..., :1]], dim=-1)
+    elif corruption == "int_dtype":
+        inputs[i] = t.long()
+    elif corruption == "not_a_tensor":
+        inputs[i] = t.tolist()
+    elif corruption == "leading_mismatch":  # sizes that do not broadcast (neither is 1)
+        j = (i + 1) % live
+        inputs[i], inputs[j] = _resize0(t, lead0 + 1), _resize0(inputs[j], lead0 + 2 if lead0 == 1 else lead0)
+    elif corruption.endswith("floor"):
+        floor = {"nan_floor": float("nan"), "negative_floor": -1e-4, "inf_floor": float("inf"),
+                 "str_floor": "1e-4"}[corruption]
+    elif corruption == "mask_shape" and lead0 > 1:
+        mask = torch.ones(lead0 + 1, *inputs[0].shape[1:-1], dtype=torch.bool)
+    else:
+        mask = torch.ones(inputs[0].shape[:-1], dtype=torch.float64)
+    return inputs, floor, mask, corruption
+
+
+def _resize0(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t[:1].expand(n, *t.shape[1:]).clone()
+
+
+TORCH_NO_CHECKS = pytest.mark.xfail(strict=True, reason="reference.TORCH_OPS do not validate their input "
+                                    "(shapes, dtypes, floor, mask): RuntimeError/TypeError or silently wrong")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", marks=TORCH_NO_CHECKS), "triton"])
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_invalid_op_input_raises_value_error(backend, op):
+    @(NO_SHRINK if backend == "torch" else PROPERTY)  # a known failure: no time spent shrinking it
+    @given(invalid_cases(op))
+    def check(case):
+        inputs, floor, mask, corruption = case
+        with pytest.raises(ValueError):
+            _call(BACKENDS[backend], op, inputs, floor, mask)
+
+    check()
