@@ -83,7 +83,7 @@ CASES = [(op, size, mode, provider) for op, sizes in OPS.items() for size in siz
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("op", "size", "mode", "provider"), CASES)
-def test_kernel(measure, op, size, mode, provider):
+def test_kernel(measure, ceilings, op, size, mode, provider):
     device = torch.device("cuda", torch.cuda.current_device())
     if provider == "triton":
         from vrnn_fast.triton_ops import TRITON_OPS  # imported here: being written, and triton loads slowly
@@ -112,4 +112,4 @@ def test_kernel(measure, op, size, mode, provider):
     with harness.precision("float32"):
         measure(call, group="kernel", case=f"{op}/{size}", mode=mode, precision="float32", provider=provider,
                 reference="torch", device=device, frames=rows, rounds=ROUNDS, warmup=WARMUP, calls_per_round=CALLS,
-                floor_s=roofline.memory_floor_s(nbytes), bytes=nbytes)
+                floor_s=roofline.memory_floor_s(nbytes, ceilings) if ceilings else None, bytes=nbytes)

@@ -5,7 +5,10 @@
 - ``gpu`` cases skip without CUDA; ``cpu_group`` marks the small CPU group.
 - ``--bench-out PATH.json`` writes the results JSON and a markdown table beside it after every case
   (a run cut short still leaves what it measured); ``--bench-budget-s S`` skips the cases that would
-  start after S seconds of the session (the script orders the costly ones last).
+  start after S seconds of the session (the script orders the costly ones last); without CUDA it defaults
+  to CPU_BUDGET_S, so the CPU group stays short (``--bench-budget-s 0``: no limit).
+- ``ceilings``: the roofline ceilings of the GPU the session runs on (``roofline.device_for``), None on
+  a CPU or a GPU without a row in roofline.py (no floors then).
 """
 
 import os
@@ -23,11 +26,13 @@ from pathlib import Path  # noqa: E402
 
 import harness  # noqa: E402
 import pytest  # noqa: E402
+import roofline  # noqa: E402
 import telemetry  # noqa: E402
 import torch  # noqa: E402
 from results import Results  # noqa: E402
 
 GPU_SKIP = "needs CUDA: this machine has no GPU, so the GPU benchmark cases are skipped"
+CPU_BUDGET_S = 240.0  # the default --bench-budget-s without CUDA: a first torch.compile on a small CPU takes minutes
 _START = pytest.StashKey[float]()
 
 
@@ -35,8 +40,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("vrnn_fast benchmarks")
     group.addoption("--bench-out", default=None, metavar="PATH.json",
                     help="write the results JSON here and the markdown summary beside it (PATH.md)")
-    group.addoption("--bench-budget-s", type=float, default=0.0, metavar="S",
-                    help="skip benchmark cases that would start more than S seconds into the session (0: no limit)")
+    group.addoption("--bench-budget-s", type=float, default=None, metavar="S",
+                    help="skip benchmark cases that would start more than S seconds into the session (0: no limit; "
+                         f"default: none with CUDA, {CPU_BUDGET_S:.0f} without)")
 
 
 _results: Results | None = None  # the session's results (set in pytest_configure)
@@ -69,10 +75,18 @@ def pytest_sessionstart(session):
     session.config.stash[_START] = time.monotonic()
 
 
+def _budget(config) -> float:
+    """Seconds into the session after which no case starts (0: no limit)."""
+    given = config.getoption("--bench-budget-s")
+    if given is not None:
+        return given
+    return 0.0 if torch.cuda.is_available() else CPU_BUDGET_S
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("TRITON_INTERPRET is set: kernels are never timed under the interpreter")
-    budget = item.config.getoption("--bench-budget-s")
+    budget = _budget(item.config)
     elapsed = time.monotonic() - item.config.stash[_START]
     if budget and "benchmark" in item.fixturenames and elapsed > budget:
         pytest.skip(f"time budget spent: {elapsed:.0f} s into the session, --bench-budget-s {budget:.0f}")
@@ -121,10 +135,13 @@ def _meta() -> dict:
 
     cuda = torch.cuda.is_available()
     tele = telemetry.snapshot() if cuda else {}
+    device = _ceilings()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device_name": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
                                                                   f"{os.cpu_count()} cores)",
+        "ceilings": str(device) if device else "none: no floors (" + (
+            f"roofline.py has no row for {torch.cuda.get_device_name()!r})" if cuda else "no GPU)"),
         "torch": torch.__version__, "triton": version("triton"), "pytest_benchmark": version("pytest-benchmark"),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
         "driver": tele.get("driver"), "python": platform.python_version(),
@@ -138,10 +155,20 @@ def results() -> Results:
     return _results
 
 
+def _ceilings() -> roofline.Device | None:
+    return roofline.device_for(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+
+
+@pytest.fixture(scope="session")
+def ceilings() -> roofline.Device | None:
+    """Roofline ceilings of this session's GPU; None without CUDA or for a GPU roofline.py has no row for."""
+    return _ceilings()
+
+
 @pytest.fixture
 def time_left(request):
     """A function returning the seconds left of ``--bench-budget-s`` (inf without a budget)."""
-    budget = request.config.getoption("--bench-budget-s")
+    budget = _budget(request.config)
 
     def left() -> float:
         return budget - (time.monotonic() - request.config.stash[_START]) if budget else float("inf")
