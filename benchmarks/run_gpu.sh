@@ -15,10 +15,11 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 
 # The test files of a GPU run, the only place they are listed: kernels, the Triton model, the recurrence op,
-# the sm_90 compile, the graphed training step. The others import soundfile (vrnn_fast.data).
+# the graphed training step and, last (the slowest, and it needs no GPU), the sm_90 compile. The others
+# import soundfile (vrnn_fast.data).
 shopt -s nullglob
-GPU_TESTS=(tests/test_kernels_*.py tests/test_triton_model.py tests/test_recurrence*.py tests/test_sm90_compile.py
-           tests/test_graphs.py)
+GPU_TESTS=(tests/test_kernels_*.py tests/test_triton_model.py tests/test_recurrence*.py tests/test_graphs.py
+           tests/test_sm90_compile.py)
 BENCH=(benchmarks/ --benchmark-only -m "not cpu_group" -q -p no:cacheprovider)
 
 if [ "${1:-}" = --collect-only ]; then
