@@ -143,14 +143,16 @@ def test_model_matches_reference_float64(model, output, backend, monkeypatch):
 
         density = {"gauss": "gaussian_nll", "gmm": "gmm_nll", "bigmm": "bigmm_nll"}[output]
         step_calls = count_calls(monkeypatch, kernels, ["gates_cell_fwd", "cell_bwd", "head_fwd", "head_bwd"])
-        call_calls = count_calls(monkeypatch, densities, [f"{density}_fwd", f"{density}_bwd"])
-        call_calls |= count_calls(monkeypatch, gaussian, ["kl_fwd", "kl_bwd"] if cfg.has_latent else [])
+        density_calls = count_calls(monkeypatch, densities, [f"{density}_fwd", f"{density}_bwd"])
+        kl_calls = count_calls(monkeypatch, gaussian, ["kl_fwd", "kl_bwd"])
     got, got_grads, *got_data = run(fast, *batch)
     if backend == "triton":
         T = batch[0].shape[1]
         assert step_calls == {"gates_cell_fwd": T, "cell_bwd": T, **dict.fromkeys(["head_fwd", "head_bwd"],
                                                                                   T if cfg.has_latent else 0)}
-        assert set(call_calls.values()) == {1}, call_calls
+        # all steps at once; the log-weights add forward-only density calls
+        assert density_calls[f"{density}_bwd"] == 1 <= density_calls[f"{density}_fwd"], density_calls
+        assert set(kl_calls.values()) == {int(cfg.has_latent)}, kl_calls
     tol = dict(rtol=1e-9, atol=1e-10)
     for name in ("loss", "kl", "nll", "elbo", "log_weight", "z_mean", "z_std"):
         if getattr(want, name) is None:
@@ -252,7 +254,7 @@ def small_widths(preset: str) -> VRNNConfig:
 
 
 def train_step_counts(net, cfg) -> dict:
-    """Ops + launches per step of forward + backward (ragged mask), the slope between T = 10 and T = 20."""
+    """Ops + launches per step of forward + backward (ragged mask), the slope between T = 4 and T = 8."""
     def make(T):
         x = torch.randn(3, T, cfg.x_dim, device=DEVICE)
         mask = torch.arange(T, device=DEVICE)[None] < torch.tensor([T, T - 3, 2], device=DEVICE)[:, None]
@@ -263,7 +265,7 @@ def train_step_counts(net, cfg) -> dict:
 
         return step
 
-    return per_step(make)
+    return per_step(make, 4, 8)
 
 
 @pytest.mark.parametrize(("backend", "most"), [("torch", 60), ("triton", 30)])

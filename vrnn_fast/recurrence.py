@@ -88,6 +88,11 @@ def _forward_buffers(d: _Dims, like: Tensor, state_dtype: torch.dtype) -> dict:
     return bufs
 
 
+def _steps(t: Tensor) -> tuple[Tensor, ...]:
+    """The per-step views of a time-major buffer, made in one call."""
+    return t.unbind(0)
+
+
 def _pack(bufs: dict) -> list[Tensor]:
     out = [bufs["hz"], bufs["cT"], bufs["c"], bufs["G"]]
     if "ma" in bufs:
@@ -103,32 +108,36 @@ def _pack(bufs: dict) -> list[Tensor]:
 def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b,
                    phi_z_w, phi_z_b, floor) -> None:
     """The step loop with PyTorch ops, each writing into its slice of the buffers: about L_e + L_z + 13 ops a
-    step (bias + ReLU as one ``_addmm_activation``, one product for both encoder heads and one for the gates)."""
+    step (bias + ReLU as one ``_addmm_activation``, one product for both encoder heads and one for the gates).
+    Every per-step view is made once, before the loop (a view costs host time like a small op)."""
     H, Z = d.H, d.Z
-    hz, c, G = b["hz"], b["c"], b["G"]
+    hz, h_of, c, G, gx = _steps(b["hz"]), _steps(b["hz"][..., :H]), _steps(b["c"]), _steps(b["G"]), _steps(gates_x)
+    keep = None if mask is None else _steps(mask[..., None])
+    if d.latent:
+        acts, fs = [_steps(a) for a in b["acts"]], [_steps(f) for f in b["fs"]] + [_steps(b["hz"][..., H:])]
+        ma, mu, a, z = _steps(b["ma"]), _steps(b["ma"][..., :Z]), _steps(b["ma"][..., Z:]), _steps(b["z"])
+        enc_x, eps = _steps(enc_x), _steps(eps)
+        w_e1h, head_w = w_e1h.t(), head_w.t()
+        enc_w, phi_z_w = [w.t() for w in enc_w], [w.t() for w in phi_z_w]
+    w_hz = w_hz.t()
     for t in range(d.T):
-        h = hz[t, :, :H]
         if d.latent:
-            acts = b["acts"]
-            torch._addmm_activation(enc_x[t], h, w_e1h.t(), out=acts[0][t])
+            inp = torch._addmm_activation(enc_x[t], h_of[t], w_e1h, out=acts[0][t])
             for k in range(1, d.L_e):
-                torch._addmm_activation(enc_b[k - 1], acts[k - 1][t], enc_w[k - 1].t(), out=acts[k][t])
-            ma = torch.addmm(head_b, acts[-1][t], head_w.t(), out=b["ma"][t])
-            sigma = F.softplus(ma[:, Z:]).add_(floor)
-            inp = torch.addcmul(ma[:, :Z], sigma, eps[t], out=b["z"][t])
+                inp = torch._addmm_activation(enc_b[k - 1], inp, enc_w[k - 1], out=acts[k][t])
+            torch.addmm(head_b, inp, head_w, out=ma[t])
+            inp = torch.addcmul(mu[t], F.softplus(a[t]).add_(floor), eps[t], out=z[t])
             for k in range(d.L_z):
-                out = b["fs"][k][t] if k < d.L_z - 1 else hz[t, :, H:]
-                inp = torch._addmm_activation(phi_z_b[k], inp, phi_z_w[k].t(), out=out)
-        gates = torch.addmm(gates_x[t], hz[t], w_hz.t(), out=G[t])
+                inp = torch._addmm_activation(phi_z_b[k], inp, phi_z_w[k], out=fs[k][t])
+        gates = torch.addmm(gx[t], hz[t], w_hz, out=G[t])
         act = torch.sigmoid(gates)  # [s_i, s_f, ., s_o]; the g block becomes tanh(g) below
-        torch.tanh(gates[:, 2 * H:3 * H], out=act[:, 2 * H:3 * H])
         s_i, s_f, t_g, s_o = act.chunk(4, dim=1)
-        c_new = torch.mul(s_f, c[t], out=c[t + 1] if mask is None else None).addcmul_(s_i, t_g)
-        h_new = torch.mul(s_o, torch.tanh(c_new), out=hz[t + 1, :, :H] if mask is None else None)
-        if mask is not None:
-            keep = mask[t, :, None]
-            torch.where(keep, h_new.to(h.dtype), h, out=hz[t + 1, :, :H])
-            torch.where(keep, c_new, c[t], out=c[t + 1])
+        torch.tanh(gates[:, 2 * H:3 * H], out=t_g)
+        c_new = torch.mul(s_f, c[t], out=c[t + 1] if keep is None else None).addcmul_(s_i, t_g)
+        h_new = torch.mul(s_o, torch.tanh(c_new), out=h_of[t + 1] if keep is None else None)
+        if keep is not None:
+            torch.where(keep[t], h_new.to(h_of[t].dtype), h_of[t], out=h_of[t + 1])
+            torch.where(keep[t], c_new, c[t], out=c[t + 1])
 
 
 def _forward_triton(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b,
@@ -228,31 +237,38 @@ def _backward_torch(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, 
     (the gradients at the ReLU inputs). Returns the final (dh, dc)."""
     H, Z = d.H, d.Z
     Q, Kc, Fc = _cell_coefficients(d, G, c, mask)
+    Kc, Fc, Q_ifg, Q_o = (_steps(t) for t in (Kc, Fc, Q.unflatten(2, (4, H))[:, :, :3], Q[..., 3 * H:]))
+    dG4 = b["dG"].unflatten(2, (4, H))  # (T, B, 4, H): gate blocks
+    dG, dG_ifg, dG_o, X, X_h, X_z = (_steps(t) for t in (b["dG"], dG4[:, :, :3], dG4[:, :, 3], b["X"],
+                                                           b["X"][..., :H], b["X"][..., H:]))
+    g_hz = _steps(g_hz)
+    keep = None if mask is None else _steps((~mask)[..., None].to(dh.dtype))
     if d.latent:
-        eps_sig = eps * torch.sigmoid(ma[..., Z:])  # d z / d a
-    keep = None if mask is None else (~mask)[..., None].to(dh.dtype)
-    dG, X = b["dG"], b["X"]
+        eps_sig = _steps(eps * torch.sigmoid(ma[..., Z:]))  # d z / d a
+        acts, fs = [_steps(a) for a in acts], [_steps(f) for f in fs] + [_steps(hz[..., H:])]
+        du, dv, dz = [_steps(t) for t in b["du"]], [_steps(t) for t in b["dv"]], _steps(b["dz"])
+        dma, dmu, da = _steps(b["dma"]), _steps(b["dma"][..., :Z]), _steps(b["dma"][..., Z:])
+        g_z, g_mu, g_a = _steps(g_z), _steps(g_ma[..., :Z]), _steps(g_ma[..., Z:])
     for t in reversed(range(d.T)):
         dC = torch.addcmul(dc, dh, Kc[t])
-        dGt = dG[t].view(d.B, 4, H)
-        torch.mul(Q[t].view(d.B, 4, H)[:, :3], dC[:, None], out=dGt[:, :3])
-        torch.mul(Q[t, :, 3 * H:], dh, out=dGt[:, 3])
+        torch.mul(Q_ifg[t], dC[:, None], out=dG_ifg[t])
+        torch.mul(Q_o[t], dh, out=dG_o[t])
         dc = dC * Fc[t]
-        Xt = torch.addmm(g_hz[t], dG[t], w_hz, out=X[t])
-        dh_next = Xt[:, :H]
+        torch.addmm(g_hz[t], dG[t], w_hz, out=X[t])
+        dh_next = X_h[t]
         if d.latent:
-            grad = Xt[:, H:]
+            grad = X_z[t]
             for k in reversed(range(d.L_z)):
-                f_k = hz[t, :, H:] if k == d.L_z - 1 else fs[k][t]
-                dv = _aten.threshold_backward.grad_input(grad, f_k, 0, grad_input=b["dv"][k][t])
-                grad = torch.mm(dv, phi_z_w[k]) if k else torch.addmm(g_z[t], dv, phi_z_w[0], out=b["dz"][t])
-            torch.add(grad, g_ma[t, :, :Z], out=b["dma"][t, :, :Z])
-            torch.addcmul(g_ma[t, :, Z:], grad, eps_sig[t], out=b["dma"][t, :, Z:])
-            grad = torch.mm(b["dma"][t], head_w)
+                _aten.threshold_backward.grad_input(grad, fs[k][t], 0, grad_input=dv[k][t])
+                grad = torch.mm(dv[k][t], phi_z_w[k]) if k else torch.addmm(g_z[t], dv[0][t], phi_z_w[0], out=dz[t])
+            torch.add(grad, g_mu[t], out=dmu[t])
+            torch.addcmul(g_a[t], grad, eps_sig[t], out=da[t])
+            grad = torch.mm(dma[t], head_w)
             for k in reversed(range(d.L_e)):
-                du = _aten.threshold_backward.grad_input(grad, acts[k][t], 0, grad_input=b["du"][k][t])
-                grad = torch.mm(du, enc_w[k - 1]) if k else None
-            dh_next = torch.addmm(dh_next, b["du"][0][t], w_e1h)
+                _aten.threshold_backward.grad_input(grad, acts[k][t], 0, grad_input=du[k][t])
+                if k:
+                    grad = torch.mm(du[k][t], enc_w[k - 1])
+            dh_next = torch.addmm(dh_next, du[0][t], w_e1h)
         if keep is not None:
             dh_next = dh_next.addcmul(keep[t], dh)
         dh = dh_next
