@@ -274,7 +274,7 @@ def main(rank):
 
 if __name__ == "__main__":
     if WORLD > 1:
-        mp.spawn(main, nprocs=WORLD)
+        mp.start_processes(main, nprocs=WORLD, start_method="fork")  # no second torch import per rank
     else:
         main(0)
 """

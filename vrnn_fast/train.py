@@ -44,6 +44,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -720,7 +721,7 @@ class Trainer:
         if self.bad_updates >= self.config.max_skipped_updates:
             self._diverged(f"{self.bad_updates} updates in a row had a non-finite loss or gradient norm")
 
-    def _diverged(self, why: str):
+    def _diverged(self, why: str) -> NoReturn:
         self._log({"kind": "diverged", "step": self.step, "reason": why})
         kept = "no checkpoint was written" if self.saved_step is None else \
             f"{self.out_dir / CHECKPOINT_NAME} (step {self.saved_step}) is kept"
