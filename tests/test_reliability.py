@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +102,13 @@ def test_run_lock_is_exclusive_reentrant_and_taken_over_when_stale(tmp_path):
         holder.kill()  # SIGKILL: no cleanup, the lock file still names the dead holder
         holder.wait()
     assert (out / LOCK_NAME).read_text().strip() == str(holder.pid)
-    with run_lock(out):  # stale: taken over; the Trainer's own lock is re-entrant
-        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
-        assert trainer.fit()["step"] == 1
+    with pytest.warns(UserWarning, match=f"PID {holder.pid} ended without releasing it"), run_lock(out):
+        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())  # stale: taken over
+        assert trainer.fit()["step"] == 1  # the Trainer's own lock is re-entrant
+    assert (out / LOCK_NAME).read_text() == ""  # released cleanly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.fit()  # no warning after a clean release
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -326,9 +326,10 @@ def _non_finite(value, name: str = "") -> str | None:
 @contextlib.contextmanager
 def run_lock(out_dir: str | os.PathLike):
     """Hold the exclusive lock of a run folder while the block runs: ``fcntl.flock`` on ``<out_dir>/run.lock``,
-    which holds the holder's PID. The kernel drops the lock when its process dies, so a killed run's lock is
-    stale and simply taken over; re-entrant within one process. ValueError naming the holder's PID when another
-    process holds it, or when the folder cannot be created or written.
+    which holds the holder's PID while it is held. The kernel drops the lock when its process dies, so a killed
+    run's lock is stale and taken over (with a warning naming the dead PID); re-entrant within one process.
+    ValueError naming the holder's PID when another process holds it, or when the folder cannot be created or
+    written.
 
     Under ``torchrun`` only rank 0 locks (only it writes); every rank fails together when rank 0 cannot.
     """
@@ -348,6 +349,7 @@ def run_lock(out_dir: str | os.PathLike):
     finally:
         if f is not None:
             del _HELD_LOCKS[key]
+            f.truncate(0)  # released cleanly: a PID left in the file means a run that died holding the lock
             f.close()
 
 
@@ -375,7 +377,11 @@ def _acquire(out_dir: Path):
         raise ValueError(f"output folder {out_dir} is in use by another training run (PID {holder}); wait for "
                          f"it to end or use another folder") from None
     f.seek(0)
-    f.truncate()
+    stale = f.read().strip()
+    if stale:
+        warnings.warn(f"{out_dir / LOCK_NAME}: the run with PID {stale} ended without releasing it (killed?); "
+                      f"taking it over", stacklevel=3)
+    f.truncate(0)
     f.write(f"{os.getpid()}\n")
     f.flush()
     _HELD_LOCKS[key] = f
