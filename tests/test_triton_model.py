@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vrnn_fast import FastVRNN, VRNNConfig, triton_ops
+from vrnn_fast.fused_torch import FUSED_TORCH_OPS
 from vrnn_fast.reference import TORCH_OPS
 
 pytestmark = pytest.mark.usefixtures("nan_outputs")
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("nan_outputs")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU backend selection")
 def test_auto_picks_torch_for_cpu_tensors():
     net = FastVRNN(VRNNConfig.preset("tiny"), backend="auto")
-    assert net._ops(torch.zeros(1)) == (TORCH_OPS, "torch")
+    assert net._ops(torch.zeros(1)) == (FUSED_TORCH_OPS, "torch")
     assert triton_ops.ops_for(torch.zeros(1)) is triton_ops.TRITON_OPS  # TRITON_INTERPRET=1 here: opted in
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import VRNNConfig
+from .fused_torch import FUSED_TORCH_OPS
 from .recurrence import recurrence
 from .reference import (
-    TORCH_OPS,
     StepResults,
     VRNNBase,
     _masked,
@@ -31,8 +31,8 @@ BACKENDS = ("auto", "torch", "triton")
 class FastVRNN(VRNNBase):
     """Drop-in ``nn.Module`` VRNN; same parameters, ``state_dict`` keys and API as ReferenceVRNN.
 
-    ``backend``: ``"torch"`` (plain PyTorch ops), ``"triton"`` (fused Triton kernels) or ``"auto"``
-    (triton for CUDA tensors, torch otherwise).
+    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM density), ``"triton"`` (fused
+    Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
 
     Example::
 
@@ -53,7 +53,7 @@ class FastVRNN(VRNNBase):
         if backend == "auto":
             backend = "triton" if x.is_cuda else "torch"
         if backend == "torch":
-            return TORCH_OPS, "torch"
+            return FUSED_TORCH_OPS, "torch"
         from . import triton_ops  # imported on demand: importing triton costs seconds
 
         return triton_ops.ops_for(x), "triton"
