@@ -378,6 +378,16 @@ def test_checkpoints_with_nan_weights_are_refused_everywhere(speech_run, capsys,
     _assert_clean_error(code, err, "non-finite")
 
 
+def test_nonfinite_samples_are_an_error_not_a_silent_wav(speech_run, capsys, tmp_path, monkeypatch):
+    from vrnn_fast.model import FastVRNN
+
+    _, out = speech_run
+    monkeypatch.setattr(FastVRNN, "sample", lambda self, n, steps, **kw: torch.full((n, steps, 200), float("inf")))
+    code, _, err = run(capsys, "sample", "--checkpoint", out / "checkpoint.pt", "--out", tmp_path / "s")
+    _assert_clean_error(code, err, "generated non-finite values")
+    assert not list((tmp_path / "s").glob("*.wav"))
+
+
 def test_damaged_checkpoints_are_refused(speech_run, capsys, tmp_path):
     _, out = speech_run
     good = (out / "checkpoint.pt").read_bytes()

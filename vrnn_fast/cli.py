@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import FLOAT_BOUNDS
+
 # Default number of updates of `vrnn-fast train` without --steps/--epochs: the tiny preset on the shipped
 # speech set finishes in a few minutes on a 2-core CPU.
 DEFAULT_STEPS = 4000
 SAMPLE_RATES = (1000, 192000)  # --sample-rate range (Hz): resampling to far above it takes minutes per file
-MAX_LR = 10.0  # as VRNNConfig / TrainConfig allow
+MAX_LR = FLOAT_BOUNDS["lr"]
 
 
 def _positive_int(text: str) -> int:
@@ -192,10 +194,10 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 with ``error: ...`` on stderr for bad input)."""
-    args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
     from .train import TrainingDiverged
 
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
     with warnings.catch_warnings():  # warnings (e.g. skipped files) as plain `warning: ...` lines
         warnings.showwarning = _show_warning
         try:
@@ -440,6 +442,8 @@ def cmd_sample(args) -> int:
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     x = model.sample(args.n, args.steps, mean_output=args.mean, generator=gen)  # (n, steps, D)
     x = normalizer.denormalize(x.float().cpu()).numpy()
+    if not np.isfinite(x).all():  # would be written as silence (int16 of NaN) or clipped noise
+        raise ValueError(f"the model in {args.checkpoint} generated non-finite values; nothing written")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.output == "bigmm":
