@@ -4,6 +4,7 @@ input turning into `error: ...` with exit code 2 (no traceback)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -473,3 +474,27 @@ def test_stop_signals_checkpoint_and_exit_128_plus_signum(speech_run, tmp_path, 
     assert "Traceback" not in err and signal.Signals(sig).name in err
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert read_checkpoint(out / "checkpoint.pt")["progress"]["step"] == log[-1]["step"] >= 1
+
+
+def test_torchrun_sigterm_checkpoints_on_every_rank(speech_run, tmp_path):
+    """torchrun forwards SIGTERM (Slurm, Kubernetes) to both gloo ranks: they agree on the stop and rank 0
+    writes the checkpoint of the last update (the early --out lock is collective too)."""
+    data, _ = speech_run
+    out = tmp_path / "ddp"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                             "vrnn_fast", "train", "--data", str(data), "--out", str(out), "--steps", "100000",
+                             "--log-every", "1", "--batch-size", "4", "--device", "cpu", "--eval-every", "100000",
+                             "--checkpoint-every", "100000"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert err.count("SIGTERM: finishing this update") == 2, err
+    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["progress"]["step"] == log[-1]["step"] >= 1 and ckpt["progress"]["world_size"] == 2
