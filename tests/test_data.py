@@ -76,7 +76,12 @@ def test_read_audio_mixes_channels_down(tmp_path):
 
 def test_read_audio_extreme_values(tmp_path):
     loud = write_wav(tmp_path / "loud.wav", np.array([0.5, 3.0, -7.0, 0.0] * 100, np.float32), 16000, subtype="FLOAT")
-    np.testing.assert_array_equal(read_audio(loud, 16000)[:4], [0.5, 1.0, -1.0, 0.0])  # clipped to [-1, 1]
+    with pytest.warns(UserWarning, match=r"loud.wav has samples beyond \+-1 \(peak 7\): clipped"):
+        np.testing.assert_array_equal(read_audio(loud, 16000)[:4], [0.5, 1.0, -1.0, 0.0])  # clipped to [-1, 1]
+    quiet = write_wav(tmp_path / "quiet.wav", np.array([0.5, 1.0, -1.0] * 100, np.float32), 16000, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full scale is not beyond it: no warning
+        read_audio(quiet, 16000)
     nan = write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan] * 100, np.float32), 16000, subtype="FLOAT")
     with pytest.raises(DataError, match="nan.wav.*non-finite"):
         read_audio(nan, 16000)
@@ -90,6 +95,28 @@ def test_read_audio_extreme_values(tmp_path):
         with pytest.raises(ValueError, match="AudioConfig"):
             AudioConfig(**bad)
     assert AudioConfig().segment_frames == 40 and AudioConfig(segment_seconds=None).segment_frames is None
+
+
+def test_read_audio_warns_about_a_file_cut_short(tmp_path):
+    path = write_wav(tmp_path / "cut.wav", sine(16000, 16000), 16000, subtype="PCM_16")
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)  # the header still promises 16000 samples
+    with pytest.warns(UserWarning, match=r"cut.wav is cut short: .*promises 32000 bytes.*holds 15978 \(50%\)"):
+        assert len(read_audio(path, 16000)) == 7989
+    whole = write_wav(tmp_path / "whole.wav", sine(16000, 16000), 16000, subtype="PCM_16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_audio(whole, 16000)
+
+
+def test_symbolic_links_to_folders_are_followed(tmp_path):
+    elsewhere = speech_folder(tmp_path / "elsewhere", 3)
+    data = speech_folder(tmp_path / "data", 20, seed=1)
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(data, target_is_directory=True)  # a cycle is walked once
+    splits = open_splits(data, audio=AudioConfig())
+    files = [*splits.train.files, *splits.valid.files, *splits.test.files]
+    assert len(files) == 23 and sum("linked" in str(f) for f in files) == 3
 
 
 def test_frames_non_overlapping_tail_dropped():

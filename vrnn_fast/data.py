@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import re
 import tarfile
 import warnings
@@ -204,9 +205,29 @@ def read_audio(path, sample_rate: int) -> np.ndarray:
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if not np.isfinite(wave).all():
         raise DataError(f"audio file {path} holds non-finite samples")
+    _warn_if_cut_short(path)
+    peak = float(np.abs(wave).max())
+    if peak > 1.0:  # only float formats can hold these
+        warnings.warn(f"audio file {path} has samples beyond +-1 (peak {peak:.3g}): clipped to [-1, 1]", stacklevel=2)
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, sample_rate).astype(np.float32, copy=False)
     return np.clip(wave, -1.0, 1.0)
+
+
+_CUT_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _warn_if_cut_short(path: Path) -> None:
+    """Warns when libsndfile found less audio than the file's header promises (a file cut short with its
+    header intact, e.g. an interrupted copy): the samples present are used."""
+    try:
+        found = _CUT_SHORT.search(sf.info(str(path)).extra_info)
+    except Exception:  # the read itself succeeded; a header it cannot describe says nothing more
+        return
+    if found and int(found.group(2)) < int(found.group(1)):
+        promised, present = int(found.group(1)), int(found.group(2))
+        warnings.warn(f"audio file {path} is cut short: its header promises {promised} bytes of audio, the file "
+                      f"holds {present} ({100 * present / promised:.0f}%); using what is there", stacklevel=3)
 
 
 def frames(wave: np.ndarray, frame_size: int) -> np.ndarray:
@@ -621,10 +642,24 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(root).parts)
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Every file under a folder, following symbolic links to folders (each real folder visited once)."""
+    seen, files = set(), []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names]
+    return sorted(files)
+
+
 def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Audio files and handwriting files under a folder (recursive, sorted, hidden entries skipped)."""
+    """Audio files and handwriting files under a folder (recursive, symbolic links followed, sorted, hidden
+    entries skipped)."""
     audio, ink = [], []
-    for p in sorted(folder.rglob("*")):
+    for p in _walk(folder):
         if not p.is_file() or not _visible(p, folder):
             continue
         if p.suffix.lower() in AUDIO_SUFFIXES:
