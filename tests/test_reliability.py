@@ -71,6 +71,25 @@ def test_sigterm_and_sighup_finish_the_update_and_checkpoint(tmp_path, sig):
     assert {s: signal.getsignal(s) for s in train_module.STOP_SIGNALS} == before
 
 
+def test_sighup_with_the_terminal_gone_still_checkpoints(tmp_path, monkeypatch):
+    class GoneTerminal:
+        def write(self, text):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def isatty(self):
+            return True  # the progress bar is on
+
+    monkeypatch.setattr(sys, "stderr", GoneTerminal())
+    trainer = Trainer(small_config(), TrainConfig(steps=50, out_dir=str(tmp_path)),
+                      _signalling(make_data(), 2, signal.SIGHUP))
+    summary = trainer.fit()
+    assert summary["signal"] == signal.SIGHUP and summary["step"] == 3
+    assert read_checkpoint(tmp_path / CHECKPOINT_NAME)["progress"]["step"] == 3
+
+
 def test_a_second_signal_stops_at_once(tmp_path):
     data = _signalling(make_data(), 1, signal.SIGTERM, times=2)
     trainer = Trainer(small_config(), TrainConfig(steps=50, out_dir=str(tmp_path), checkpoint_every=1), data)

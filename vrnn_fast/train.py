@@ -185,6 +185,22 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class _Stderr:
+    """sys.stderr for progress and signal messages, ignoring write errors: after SIGHUP the terminal may be gone,
+    and an EIO must not keep the run from writing its checkpoint."""
+
+    def write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+
+    def fileno(self) -> int:  # tqdm's terminal width
+        return sys.stderr.fileno()
+
+
 class _RecordingWriter:
     """A file wrapper that keeps the OSError of a failed write (torch.save turns it into a RuntimeError)."""
 
@@ -646,7 +662,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
+        bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True, file=_Stderr(),
                    disable=self.rank != 0 or not sys.stderr.isatty())
         previous = self._install_stop_handlers()
         try:
@@ -759,8 +775,8 @@ class Trainer:
             if self._stop_signal:
                 raise Interrupted(signum)
             self._stop_signal = signum
-            print(f"\n{signal.Signals(signum).name}: finishing this update and writing a checkpoint (send it "
-                  f"again to stop at once)", file=sys.stderr)
+            _Stderr().write(f"\n{signal.Signals(signum).name}: finishing this update and writing a checkpoint "
+                            f"(send it again to stop at once)\n")
 
         previous = {}
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
