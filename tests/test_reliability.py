@@ -130,6 +130,16 @@ def test_run_lock_is_exclusive_reentrant_and_taken_over_when_stale(tmp_path):
         trainer.fit()  # no warning after a clean release
 
 
+def test_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch):
+    def no_locks(f, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(train_module.fcntl, "flock", no_locks)
+    trainer = Trainer(small_config(), TrainConfig(steps=1, out_dir=str(tmp_path)), make_data())
+    with pytest.warns(UserWarning, match="cannot lock .*No locks available.*second run"):
+        assert trainer.fit()["step"] == 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Divergence
 

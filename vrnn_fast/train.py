@@ -345,7 +345,7 @@ def run_lock(out_dir: str | os.PathLike):
     which holds the holder's PID while it is held. The kernel drops the lock when its process dies, so a killed
     run's lock is stale and taken over (with a warning naming the dead PID); re-entrant within one process.
     ValueError naming the holder's PID when another process holds it, or when the folder cannot be created or
-    written.
+    written; a warning (and no lock) where the filesystem does not support locks.
 
     Under ``torchrun`` only rank 0 locks (only it writes); every rank fails together when rank 0 cannot.
     """
@@ -386,12 +386,15 @@ def _acquire(out_dir: Path):
         raise ValueError(f"cannot write to output folder {out_dir}: {e.strerror or e}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
         raise ValueError(f"output folder {out_dir} is in use by another training run (PID {holder}); wait for "
                          f"it to end or use another folder") from None
+    except OSError as e:  # e.g. a Lustre mount without flock support: run, but say what is not guarded
+        warnings.warn(f"cannot lock {out_dir / LOCK_NAME} ({e.strerror or e}); nothing stops a second run from "
+                      f"writing to {out_dir} at the same time", stacklevel=3)
     f.seek(0)
     stale = f.read().strip()
     if stale:
