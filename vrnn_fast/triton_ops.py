@@ -74,7 +74,7 @@ def _rows(op: str, parts: list[tuple[str, Tensor, tuple]], mask: Tensor | None =
         lead = torch.broadcast_shapes(*lead_shapes)
     except RuntimeError as err:
         raise ValueError(f"{op}: leading dims do not broadcast: {[tuple(s) for s in lead_shapes]}") from err
-    rows = [t.to(dtype).expand(*lead, *ev).reshape(-1, *ev) for (_, t, _), ev in zip(parts, events, strict=True)]
+    rows = [t.to(dtype).expand((*lead, *ev)).reshape(-1, *ev) for (_, t, _), ev in zip(parts, events, strict=True)]
     return lead, rows, None if mask is None else mask.expand(lead).reshape(-1)
 
 
