@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a VRNN. Writes <out>/checkpoint.pt (latest, atomically), <out>/best.pt "
                                    "(best validation ELBO) and <out>/metrics.jsonl. Without --data it trains the "
                                    "tiny preset on the small speech set shipped with the package.")
-    t.add_argument("--data", help="folder of audio or handwriting files, a text file listing files, or a "
+    t.add_argument("--data", help="folder of audio or handwriting files, a text file listing files, a frame "
+                                  "store (`vrnn-fast prepare`), or a "
                                   "handwriting archive (default: the shipped CMU ARCTIC slt speech set)")
     t.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
     t.add_argument("--preset", help="model preset (default: tiny for speech, tiny-handwriting for handwriting; "
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per-sequence and per-frame ELBO and the importance-sampled log-likelihood "
                                    "of every sequence of a split, printed as a table (and written as JSON).")
     _checkpoint_args(e)
-    e.add_argument("--data", help="data source (default: the one the model was trained on)")
+    e.add_argument("--data", help="data source or frame store (default: the one the model was trained on)")
     e.add_argument("--split", choices=("train", "valid", "test"), default="test", help="which split")
     e.add_argument("--n-samples", type=_nonneg_int, default=40, help="importance samples (0: ELBO only)")
     e.add_argument("--batch-size", type=_positive_int, help="sequences per batch (default: the training one)")
@@ -183,7 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input", required=True, help="an audio file")
     a.add_argument("--out", default="analysis.png", help="output PNG")
     a.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the posterior sample fed back")
+    _prepare_parser(sub, fmt)
     return parser
+
+
+def _prepare_parser(sub, fmt) -> None:
+    p = sub.add_parser("prepare", formatter_class=fmt, help="decode a data source once into a frame store",
+                       description="Read a speech or handwriting source once (the split, sample rate, frame size "
+                                   "and normaliser train would use) and write a frame store: memory-mappable "
+                                   "frames per split (int16 audio, float32 strokes), their index, the normaliser "
+                                   "and a checked manifest. Every --data option accepts the store afterwards.")
+    p.add_argument("--data", help="the source, as train's --data (default: the shipped speech set)")
+    p.add_argument("--out", required=True, help="the store's folder (written as <out>.tmp-<pid>, then renamed)")
+    p.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/valid/test split")
+    p.add_argument("--sample-rate", type=_sample_rate, default=16000, help="audio sample rate in Hz (files are "
+                                                                           "resampled to it)")
+    p.add_argument("--frame-size", type=_positive_int, default=200, help="audio samples per frame (a preset's "
+                                                                         "x_dim)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
+    p.add_argument("--force", action="store_true", help="rewrite a finished store")
+
+
+def cmd_prepare(args) -> int:
+    from .data import AudioConfig
+    from .store import prepare
+
+    audio = AudioConfig(sample_rate=args.sample_rate, frame_size=args.frame_size, segment_seconds=None)
+    store = prepare(args.data, args.out, kind=args.kind, audio=audio, seed=args.seed, skip_bad=args.skip_bad,
+                    force=args.force)
+    m = store.manifest
+    counts = " / ".join(f"{m['splits'][s]['sequences']} {s}" for s in ("train", "valid", "test"))
+    size = sum(e["bytes"] for e in m["arrays"].values())
+    print(f"frame store {store.path}: {m['kind']}, {counts} sequences, {size / 2**20:.1f} MiB")
+    return 0
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -197,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze}
+    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze,
+               "prepare": cmd_prepare}
     with warnings.catch_warnings():  # warnings (e.g. skipped files) as plain `warning: ...` lines
         warnings.showwarning = _show_warning
         try:
@@ -276,6 +311,7 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
     """cmd_train once the options, the device and the output folder are checked."""
     from .config import VRNNConfig
     from .data import AudioConfig, open_splits
+    from .store import is_store, open_store
     from .train import CHECKPOINT_NAME, TrainConfig, Trainer, config_mismatch
 
     overrides = _train_overrides(args)
@@ -306,6 +342,8 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
         preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
         audio = _audio_config(args, preset_probe)
         split_seed = args.split_seed if args.split_seed is not None else args.seed or 0
+        if args.split_seed is None and is_store(args.data):  # a store's split is fixed when it is prepared
+            split_seed = open_store(args.data, verify=False).seed
         splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
         preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
         model_config = VRNNConfig.preset(preset)

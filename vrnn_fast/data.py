@@ -450,6 +450,9 @@ class _SequenceDataset:
     segment: int | None
     stream_steps: int
     normalizer: Normalizer | None = None
+    # a frame store's split (vrnn_fast.store): reader(i) the raw frames, reader.rows(i) their row range in the
+    # store, reader.batch(ranges, normalizer) a batch gathered from the memory map at once
+    _reader = None
 
     def _raw(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -496,7 +499,7 @@ class _SequenceDataset:
         for i in order:
             if self.lengths[i] == 0:
                 continue
-            for p in self._pieces(self._load(int(i))):
+            for p in self._pieces(self._load(int(i)) if self._reader is None else self._reader.rows(int(i))):
                 buffer.append(p)
                 buffered_steps += len(p)
             while len(buffer) >= batch_size and buffered_steps >= steps_cap:
@@ -511,7 +514,7 @@ class _SequenceDataset:
                 batch = [buffer[k] for k in sorted(chosen)]
                 buffer = [p for k, p in enumerate(buffer) if k not in chosen]
                 buffered_steps -= sum(len(p) for p in batch)
-                yield Batch(*_collate(batch, self.dim), False)
+                yield self._batch(batch)
         if shuffle:
             buffer = [buffer[k] for k in rng.permutation(len(buffer))]
         if bucket:  # the rest: batches of neighbours in length, in random order
@@ -520,7 +523,13 @@ class _SequenceDataset:
         if drop_last and batches and len(batches[-1]) < batch_size:
             batches.pop()
         for k in rng.permutation(len(batches)) if bucket else range(len(batches)):
-            yield Batch(*_collate(batches[k], self.dim), False)
+            yield self._batch(batches[k])
+
+    def _batch(self, pieces: list) -> Batch:
+        """Pieces (arrays (t_i, D), or a store's row ranges) -> Batch of normalised frames, carry=False."""
+        if self._reader is None:
+            return Batch(*_collate(pieces, self.dim), False)
+        return Batch(*self._reader.batch(pieces, self.normalizer), False)
 
     def iter_stream_batches(self, batch_size: int, seed: int = 0, epoch: int = 0,
                             steps: int | None = None) -> Iterator[Batch]:
@@ -567,22 +576,30 @@ class _SequenceDataset:
 
 
 class AudioDataset(_SequenceDataset):
-    """Speech files as frame sequences (see the module docstring). ``files``: the audio files, in order."""
+    """Speech files as frame sequences (see the module docstring). ``files``: the audio files, in order.
+
+    ``reader``: a frame store's split (:mod:`vrnn_fast.store`), read instead of the files (``files`` are then
+    names only); nothing is cached then.
+    """
 
     def __init__(self, files: Sequence[Path], lengths: Sequence[int], audio: AudioConfig,
-                 decoded: Sequence[np.ndarray] | None = None):
+                 decoded: Sequence[np.ndarray] | None = None, reader=None):
         self.files = [Path(f) for f in files]
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.audio = audio
         self.dim = audio.frame_size
         self.segment = audio.segment_frames
         self.stream_steps = audio.segment_frames or max(1, round(0.5 * audio.sample_rate / audio.frame_size))
+        self._reader = reader
         # raw frames per file index, kept when the corpus is small (given when open_splits decoded it already)
-        self._cache: dict[int, np.ndarray] | None = {} if self.num_frames * self.dim * 4 <= CACHE_BYTES else None
+        small = reader is None and self.num_frames * self.dim * 4 <= CACHE_BYTES
+        self._cache: dict[int, np.ndarray] | None = {} if small else None
         if decoded is not None and self._cache is not None:
             self._cache.update(enumerate(decoded))
 
     def _raw(self, i: int) -> np.ndarray:
+        if self._reader is not None:
+            return self._reader(i)
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         a = frames(read_audio(self.files[i], self.audio.sample_rate), self.dim)
@@ -867,19 +884,28 @@ def _open_handwriting(files, desc, seed, skip_bad):
     return make(train), make(valid), make(test), skipped
 
 
-def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfig(), seed: int = 0,
+def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfig(), seed: int | None = None,
                 skip_bad: bool = False, normalizer: Normalizer | None = None) -> Splits:
     """Open a data source as train/valid/test datasets with a shared normalizer.
 
     source: None (:data:`DEFAULT_SPEECH`), a folder (audio files, or handwriting files: IAM-OnDB XML, UNIPEN
-    .tar.gz, Omniglot .zip), a text file listing files (one a line), a list of paths, or one handwriting
-    file/archive. kind: "auto" | "speech" | "handwriting". seed: the split's seed. skip_bad: skip (and list in
-    ``Splits.skipped``, with a warning) unreadable files instead of raising. normalizer: use this one (e.g.
-    restored from a checkpoint) instead of fitting on the train split.
+    .tar.gz, Omniglot .zip), a text file listing files (one a line), a list of paths, one handwriting
+    file/archive, or a frame store (a folder with a manifest.json, :mod:`vrnn_fast.store`: its split, seed,
+    sample rate and frame size are fixed, ``skip_bad`` is moot). kind: "auto" | "speech" | "handwriting".
+    seed: the split's seed (None: 0, or a store's own). skip_bad: skip (and list in ``Splits.skipped``, with
+    a warning) unreadable files instead of raising. normalizer: use this one (e.g. restored from a checkpoint)
+    instead of fitting on the train split (a store's: the one it was prepared with).
     Raises DataError naming the file or folder for a missing source, no data, or an unreadable file.
     """
     if not isinstance(audio, AudioConfig):
         raise ValueError(f"audio must be an AudioConfig, got {type(audio).__name__}")
+    if normalizer is not None and not isinstance(normalizer, Normalizer):
+        raise ValueError(f"normalizer must be a Normalizer, got {type(normalizer).__name__}")
+    from .store import is_store, open_store
+
+    if is_store(source):
+        return open_store(source).splits(kind, audio, seed, normalizer)
+    seed = 0 if seed is None else seed
     kind, files, desc = _resolve(source, kind)
     root = Path(source).expanduser() if isinstance(source, (str, Path)) and Path(source).is_dir() else None
     if root is None and source is None:
@@ -896,8 +922,6 @@ def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfi
     if normalizer is None:
         normalizer = Normalizer.fit((train._raw(i) for i in range(len(train.lengths))), raw_columns,
                                     what=f"the training split of {desc}")
-    elif not isinstance(normalizer, Normalizer):
-        raise ValueError(f"normalizer must be a Normalizer, got {type(normalizer).__name__}")
     elif normalizer.raw_columns != raw_columns:
         raise ValueError(f"the given normalizer has raw_columns={normalizer.raw_columns}, but {kind} data "
                          f"needs {raw_columns}")
