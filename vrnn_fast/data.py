@@ -5,7 +5,8 @@ resampled to ``AudioConfig.sample_rate`` with soxr, cut into non-overlapping ``f
 (tail dropped) and z-scored with one global scalar mean/std fit on the training split. A sequence is either a
 fixed-length segment of ``segment_seconds`` (``segment_frames`` frames; a file's last, shorter segment is kept,
 padded and masked) or a whole utterance (``segment_seconds=None``). Files are read lazily per batch (cached in
-memory only when the whole corpus is small), so a large corpus is streamed.
+memory only when the whole corpus is small), so a large corpus is streamed; or from a frame store
+(:mod:`vrnn_fast.store`), decoded once and memory-mapped.
 
 Handwriting (PAPER.md, "IAM-OnDB"): each sequence is rows ``[pen, dx, dy]`` where (dx, dy) are successive
 differences of the pen positions (N points -> N-1 rows), ``pen = 1`` marks a row that ends at the last point
