@@ -171,6 +171,10 @@ def test_prepare_again_keeps_a_finished_store(tmp_path):
     with pytest.raises(DataError, match="options.*--force"):
         prepare(src, tmp_path / "store", seed=1, progress=False)
     assert prepare(src, tmp_path / "store", seed=1, force=True, progress=False).seed == 1
+    (tmp_path / "store" / "test.index.npy").write_bytes(b"")
+    with pytest.raises(DataError, match="test.index.npy is 0 bytes.*--force"):
+        prepare(src, tmp_path / "store", seed=1, progress=False)
+    assert open_store(prepare(src, tmp_path / "store", seed=1, force=True, progress=False).path).seed == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
     with pytest.raises(DataError, match="not a frame store"):
         prepare(src, src, progress=False)

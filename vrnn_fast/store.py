@@ -84,7 +84,7 @@ class _ArrayWriter:
     def __init__(self, path: Path, dtype, shape: tuple[int, int]):
         self.path, self.dtype, self.rows_left = path, np.dtype(dtype), shape[0]
         self.sha, self.bytes = hashlib.sha256(), 0
-        self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._f = open(path, "wb")  # closed by close()
         head = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             head, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
@@ -158,7 +158,10 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
     options = {"kind": kind, "sample_rate": audio.sample_rate, "frame_size": audio.frame_size, "seed": seed,
                "skip_bad": skip_bad, "normalizer": None if normalizer is None else normalizer.to_dict()}
     if is_store(out) and not force:
-        store = open_store(out, verify=False)
+        try:
+            store = open_store(out, verify=False)
+        except DataError as e:
+            raise DataError(f"{e}; force=True (--force) rewrites it") from e
         same = store.manifest["source"] == _source_text(source) and store.manifest["options"] == options
         if not same:
             raise DataError(f"{out} is a frame store of {store.manifest['source']} with options "
@@ -189,7 +192,10 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
                 for _ in stream:  # all of it, or what the fit left (nothing)
                     pass
         manifest = _manifest(source, options, splits, datasets, normalizer, speech, arrays)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if out.exists():  # an empty folder, or the store force rewrites: moved aside, then removed
             old = out.parent / f"{out.name}.old-{os.getpid()}"
             out.rename(old)
