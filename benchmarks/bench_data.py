@@ -45,3 +45,49 @@ def test_cpu_data_batches(measure, corpus, monkeypatch, provider):
     measure(one_pass, group="cpu data", case=f"16 kHz speech B{BATCH} T40", mode="batches", precision="float32",
             provider=provider, reference="lazy", device=torch.device("cpu"), frames=train.num_frames, rounds=ROUNDS,
             warmup=WARMUP)
+
+
+# Memory of prepare on a corpus 4x the cache limit, in a fresh process (ru_maxrss covers a whole process's life):
+# the limit is lowered to PREPARE_CACHE_MIB so that the corpus stays small enough to write for every run.
+PREPARE_CACHE_MIB, PREPARE_FILES = 32, 70  # 70 files of 30 s: 134 MiB of float32 frames, 4.2x the limit
+_PREPARE = """
+import json, resource, sys, time
+from vrnn_fast import data
+from vrnn_fast.store import prepare
+data.CACHE_BYTES = {cache} * 2**20
+before = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+start = time.perf_counter()
+store = prepare(sys.argv[1], sys.argv[2], progress=False)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+frames = sum(s["frames"] for s in store.manifest["splits"].values())
+print(json.dumps({{"seconds": seconds, "frames": frames, "peak_over_start_mib": peak - before}}))
+"""
+
+
+@pytest.mark.cpu_group
+def test_cpu_prepare_memory(benchmark, results, tmp_path, request):
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for i in range(PREPARE_FILES):
+        wave = (0.2 * rng.standard_normal(30 * RATE)).clip(-1, 1).astype(np.float32)
+        sf.write(str(tmp_path / f"u{i:03d}.wav"), wave, RATE, subtype="PCM_16")
+    code = _PREPARE.format(cache=PREPARE_CACHE_MIB)
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "store")], check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out.splitlines()[-1])
+
+    benchmark.group = "cpu data prepare"
+    got = benchmark.pedantic(run, rounds=1, iterations=1)
+    corpus_mib = got["frames"] * 200 * 4 / 2**20
+    benchmark.extra_info.update(
+        name=request.node.nodeid, group="cpu data", case=f"prepare {corpus_mib:.0f} MiB, cache {PREPARE_CACHE_MIB} MiB",
+        mode="prepare", precision="int16", provider="store", reference="store", device="cpu",
+        median_s=got["seconds"], frames=got["frames"], peak_mem_mib=got["peak_over_start_mib"], floor_s=None)
+    results.add(benchmark.extra_info)
+    assert got["peak_over_start_mib"] < PREPARE_CACHE_MIB + 100
