@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .op_checks import checked
 from .reference import LOG_2PI, TORCH_OPS, _masked
 
 
@@ -58,5 +59,5 @@ def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask
     return _GmmNLL.apply(x, mu, a, logits, float(floor), mask)
 
 
-FUSED_TORCH_OPS = SimpleNamespace(**{**vars(TORCH_OPS), "gmm_nll": gmm_nll})
+FUSED_TORCH_OPS = SimpleNamespace(**{**vars(TORCH_OPS), "gmm_nll": checked("gmm_nll", gmm_nll)})
 """The op set FastVRNN(backend="torch") dispatches its losses through."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VRNNConfig
+from .op_checks import checked
 
 LOG_2PI = math.log(2.0 * math.pi)
 # Frames (tiled rows x T) per chunk of the importance-sampled log-likelihood, per device type.
@@ -115,9 +116,11 @@ def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor,
     return _masked(offsets_nll + pen_nll, mask)
 
 
-TORCH_OPS = SimpleNamespace(lstm_cell=lstm_cell, reparameterize=reparameterize, gaussian_kl=gaussian_kl,
-                            gaussian_nll=gaussian_nll, gmm_nll=gmm_nll, bigmm_nll=bigmm_nll)
-"""The op set the models dispatch through; ``vrnn_fast.triton_ops.TRITON_OPS`` has the same members."""
+TORCH_OPS = SimpleNamespace(**{name: checked(name, fn) for name, fn in (
+    ("lstm_cell", lstm_cell), ("reparameterize", reparameterize), ("gaussian_kl", gaussian_kl),
+    ("gaussian_nll", gaussian_nll), ("gmm_nll", gmm_nll), ("bigmm_nll", bigmm_nll))})
+"""The op set the models dispatch through, each op with the input checks of ``vrnn_fast.op_checks`` in front
+(ReferenceVRNN calls the plain functions above); ``vrnn_fast.triton_ops.TRITON_OPS`` has the same members."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ use them yet (the op set it dispatches through has no such members).
 from __future__ import annotations
 
 import functools
-import math
 import os
 from types import SimpleNamespace
 
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import op_checks as oc
 from .kernels import densities
 from .kernels import gaussian as kg
 from .kernels import lstm as kl
@@ -37,45 +37,6 @@ def ops_for(x: Tensor) -> SimpleNamespace:
         return TRITON_OPS
     raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the Triton interpreter "
                      f"on the CPU), got a tensor on {x.device}")
-
-
-def _check_floor(op: str, floor) -> float:
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor < 0:
-        raise ValueError(f"{op}: floor must be a finite number >= 0, got {floor!r}")
-    return float(floor)
-
-
-def _rows(op: str, parts: list[tuple[str, Tensor, tuple]], mask: Tensor | None = None):
-    """Checks and flattens inputs to a common dtype and broadcast leading shape. parts: (name, tensor, event
-    shape); a str in an event shape ("D", "K") is a size that must agree across tensors. Returns (leading
-    shape, [(N, *event) tensors], mask (N,) or None); N = prod(leading shape)."""
-    first = parts[0][1]
-    dtype, sizes, events, lead_shapes = None, {}, [], []
-    for name, t, event in parts:
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
-        if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {parts[0][0]} is on {first.device}")
-        got = tuple(t.shape[t.dim() - len(event):]) if t.dim() >= len(event) else None
-        pairs = zip(event, got or event, strict=True)
-        want = tuple(sizes.setdefault(e, g) if isinstance(e, str) else e for e, g in pairs)
-        if got is None or got != want or 0 in got:
-            raise ValueError(f"{op}: {name} must end in non-empty dims {event} = {want}, got shape {tuple(t.shape)}")
-        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-        events.append(got)
-        lead_shapes.append(t.shape[: t.dim() - len(event)])
-    if mask is not None:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"{op}: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}")
-        if mask.device != first.device:
-            raise ValueError(f"{op}: mask is on {mask.device} but {parts[0][0]} is on {first.device}")
-        lead_shapes.append(mask.shape)
-    try:
-        lead = torch.broadcast_shapes(*lead_shapes)
-    except RuntimeError as err:
-        raise ValueError(f"{op}: leading dims do not broadcast: {[tuple(s) for s in lead_shapes]}") from err
-    rows = [t.to(dtype).expand((*lead, *ev)).reshape(-1, *ev) for (_, t, _), ev in zip(parts, events, strict=True)]
-    return lead, rows, None if mask is None else mask.expand(lead).reshape(-1)
 
 
 # ---- LSTM cell (kernels/lstm.py) ----
@@ -103,10 +64,8 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     c = sigmoid(f) c_prev + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c); one fused kernel each way (the
     backward recomputes the activations from gates and c_prev). Example: ``h, c = lstm_cell(x @ w.T + b, c)``.
     """
-    if not isinstance(c_prev, Tensor) or c_prev.dim() == 0:
-        raise ValueError(f"lstm_cell: c_prev must be a (..., H) tensor, got {getattr(c_prev, 'shape', c_prev)!r}")
-    H = c_prev.shape[-1]
-    lead, (gates_rows, c_rows), _ = _rows("lstm_cell", [("gates", gates, (4 * H,)), ("c_prev", c_prev, (H,))])
+    lead, (gates_rows, c_rows), _ = oc.rows("lstm_cell", *oc.lstm_cell_parts(gates, c_prev))
+    H = c_rows.shape[-1]
     h, c = _LSTMCell.apply(gates_rows, c_rows)
     return h.reshape(*lead, H), c.reshape(*lead, H)
 
@@ -178,10 +137,8 @@ def reparameterize(mu: Tensor, a: Tensor, eps: Tensor, floor: float) -> Tensor:
 
     Example: ``z = reparameterize(mu_q, a_q, torch.randn_like(mu_q), 1e-4)``.
     """
-    floor = _check_floor("reparameterize", floor)
-    Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
-    lead, (mu, a, eps), _ = _rows("reparameterize", [("mu", mu, (Z,)), ("a", a, (Z,)), ("eps", eps, (Z,))])
-    return _Reparameterize.apply(mu, a, eps, 0, floor).reshape(*lead, Z)
+    lead, (mu, a, eps), _ = oc.rows("reparameterize", *oc.reparameterize_parts(mu, a, eps, floor))
+    return _Reparameterize.apply(mu, a, eps, 0, float(floor)).reshape(*lead, mu.shape[-1])
 
 
 def reparameterize_seeded(mu: Tensor, a: Tensor, seed: int, floor: float) -> Tensor:
@@ -190,11 +147,11 @@ def reparameterize_seeded(mu: Tensor, a: Tensor, seed: int, floor: float) -> Ten
 
     mu, a (..., Z) -> z (..., Z). The same seed and shape give the same eps on every device and call.
     """
-    floor = _check_floor("reparameterize_seeded", floor)
+    floor = oc.check_floor("reparameterize_seeded", floor)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"reparameterize_seeded: seed must be an int in [0, 2**63), got {seed!r}")
     Z = mu.shape[-1] if isinstance(mu, Tensor) and mu.dim() else -1
-    lead, (mu, a), _ = _rows("reparameterize_seeded", [("mu", mu, (Z,)), ("a", a, (Z,))])
+    lead, (mu, a), _ = oc.rows("reparameterize_seeded", [("mu", mu, (Z,)), ("a", a, (Z,))])
     return _Reparameterize.apply(mu, a, None, seed, floor).reshape(*lead, Z)
 
 
@@ -219,15 +176,9 @@ def gaussian_kl(mu_q: Tensor, a_q: Tensor, mu_p: Tensor | None, a_p: Tensor | No
     ``mu_p = a_p = None``: the standard normal prior (VRNN-I). mask (...) bool: exactly 0 (and zero gradient)
     where False. One fused kernel each way. Example: ``gaussian_kl(mu_q, a_q, mu_p, a_p, 1e-4, mask)``.
     """
-    floor = _check_floor("gaussian_kl", floor)
-    if (mu_p is None) != (a_p is None):
-        raise ValueError("gaussian_kl: mu_p and a_p must both be tensors, or both None (standard normal prior)")
-    parts = [("mu_q", mu_q, ("Z",)), ("a_q", a_q, ("Z",))]
-    if mu_p is not None:
-        parts += [("mu_p", mu_p, ("Z",)), ("a_p", a_p, ("Z",))]
-    lead, rows, mask = _rows("gaussian_kl", parts, mask)
+    lead, rows, mask = oc.rows("gaussian_kl", *oc.gaussian_kl_parts(mu_q, a_q, mu_p, a_p, floor, mask))
     mu_q, a_q, mu_p, a_p = (*rows, None, None) if len(rows) == 2 else rows
-    return _GaussianKL.apply(mu_q, a_q, mu_p, a_p, floor, mask).reshape(lead)
+    return _GaussianKL.apply(mu_q, a_q, mu_p, a_p, float(floor), mask).reshape(lead)
 
 
 # ---- log-densities (kernels/densities.py) ----
@@ -286,10 +237,8 @@ def gaussian_nll(x: Tensor, mu: Tensor, a: Tensor, floor: float, mask: Tensor | 
     for float64 inputs; exactly 0 with zero gradient where ``mask`` is False).
     Example: ``gaussian_nll(x, mu, a, 1e-4, mask).sum().backward()`` with x, mu, a (B, T, D), mask (B, T).
     """
-    floor = _check_floor("gaussian_nll", floor)
-    parts = [("x", x, ("D",)), ("mu", mu, ("D",)), ("a", a, ("D",))]
-    lead, (x, mu, a), mask = _rows("gaussian_nll", parts, mask)
-    return _GaussianNLL.apply(x, mu, a, floor, mask).reshape(lead)
+    lead, (x, mu, a), mask = oc.rows("gaussian_nll", *oc.gaussian_nll_parts(x, mu, a, floor, mask))
+    return _GaussianNLL.apply(x, mu, a, float(floor), mask).reshape(lead)
 
 
 def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask: Tensor | None = None) -> Tensor:
@@ -300,10 +249,8 @@ def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask
     reuses the (N, K) responsibilities); drop-in for ``reference.gmm_nll``, same dtype and mask rules as
     ``gaussian_nll``. Example: ``gmm_nll(x, mu, a, logits, 1e-4)`` with D = 200, K = 20.
     """
-    floor = _check_floor("gmm_nll", floor)
-    parts = [("x", x, ("D",)), ("mu", mu, ("D", "K")), ("a", a, ("D", "K")), ("logits", logits, ("K",))]
-    lead, (x, mu, a, logits), mask = _rows("gmm_nll", parts, mask)
-    return _GmmNLL.apply(x, mu, a, logits, floor, mask).reshape(lead)
+    lead, (x, mu, a, logits), mask = oc.rows("gmm_nll", *oc.gmm_nll_parts(x, mu, a, logits, floor, mask))
+    return _GmmNLL.apply(x, mu, a, logits, float(floor), mask).reshape(lead)
 
 
 def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor, pen_logit: Tensor,
@@ -314,11 +261,9 @@ def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor,
     Fused Triton kernels (the backward recomputes the forward); drop-in for ``reference.bigmm_nll``, same
     dtype and mask rules as ``gaussian_nll``.
     """
-    floor = _check_floor("bigmm_nll", floor)
-    parts = [("x", x, (3,)), ("mu", mu, (2, "K")), ("a", a, (2, "K")), ("rho_raw", rho_raw, ("K",)),
-             ("logits", logits, ("K",)), ("pen_logit", pen_logit, ())]
-    lead, (x, mu, a, rho_raw, logits, pen_logit), mask = _rows("bigmm_nll", parts, mask)
-    return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, floor, mask).reshape(lead)
+    parts, mask = oc.bigmm_nll_parts(x, mu, a, rho_raw, logits, pen_logit, floor, mask)
+    lead, (x, mu, a, rho_raw, logits, pen_logit), mask = oc.rows("bigmm_nll", parts, mask)
+    return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, float(floor), mask).reshape(lead)
 
 
 TRITON_OPS = SimpleNamespace(
