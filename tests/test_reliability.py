@@ -9,6 +9,7 @@ import errno
 import io
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -272,6 +273,10 @@ from test_train import make_data, small_config
 from vrnn_fast.data import Normalizer
 from vrnn_fast.train import TrainConfig, Trainer
 
+def say(text):  # one write per line: the ranks share stdout
+    os.write(1, (text + "\\n").encode())
+
+
 STEPS, WORLD, OUT, INIT = {steps}, {world}, {out!r}, {init!r}
 
 
@@ -282,18 +287,18 @@ def config():
 def main(rank):
     if WORLD > 1:
         dist.init_process_group("gloo", init_method="file://" + INIT, rank=rank, world_size=WORLD)
-    print(f"pid {{rank}} {{os.getpid()}}", flush=True)
+    say(f"pid {{rank}} {{os.getpid()}}")
     replace, save = os.replace, Trainer.save_checkpoint
 
     def slow_replace(a, b):  # widen each save so that random kills land inside saves too
-        print(f"saving {{os.path.basename(b)}}", flush=True)
+        say(f"saving {{os.path.basename(b)}}")
         time.sleep(0.01)
         replace(a, b)
 
     def reporting_save(self, path=None):
         written = save(self, path)
         if self.rank == 0:
-            print(f"saved {{written.name}} {{self.step}}", flush=True)
+            say(f"saved {{written.name}} {{self.step}}")
         return written
 
     os.replace, Trainer.save_checkpoint = slow_replace, reporting_save
@@ -301,7 +306,7 @@ def main(rank):
     if os.path.exists(os.path.join(OUT, "checkpoint.pt")):
         trainer.resume()
     summary = trainer.fit()
-    print(f"done {{rank}} {{summary['step']}} {{summary['stopped']}} {{summary['signal']}}", flush=True)
+    say(f"done {{rank}} {{summary['step']}} {{summary['stopped']}} {{summary['signal']}}")
     if WORLD > 1:
         dist.destroy_process_group()
 
@@ -378,7 +383,8 @@ def test_random_kills_lose_nothing_saved(tmp_path, world, kills):
                 time.sleep(rng.uniform(0, 0.15))
             worker.finish(kill=True)
             _check_nothing_saved_is_lost(out, worker)
-    pid = next(int(s.split()[2]) for s in worker.lines if s.startswith(f"pid {world - 1} "))
+    # ranks share stdout and print writes the text and its newline separately, so lines may run together
+    pid = int(re.search(rf"pid {world - 1} (\d+)", "\n".join(worker.lines)).group(1))
     os.kill(pid, signal.SIGTERM)
     assert worker.finish() == 0, worker.lines
     stops = [s.split()[1:] for s in worker.lines if s.startswith("done")]
