@@ -240,6 +240,7 @@ def test_bf16_autocast_keeps_float32_losses(backend):
         half = net(x, mask, noise)
     assert half.loss.dtype == half.kl.dtype == half.nll.dtype == torch.float32
     assert half.state[0].dtype == half.state[1].dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa in every product and activation of the recurrence: a few % on the summed loss
     torch.testing.assert_close(half.loss, full.loss, rtol=0.03, atol=0.0)
     half.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())

@@ -9,6 +9,7 @@ leading dims; ``rows`` also flattens them to (N, *event) rows for the kernels.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -105,9 +106,9 @@ def checked(op: str, fn):
     """``fn`` with the op's input checks in front (ValueError naming the problem)."""
     parts_of = PARTS[op]
 
+    @functools.wraps(fn)
     def checked_op(*args, **kwargs):
         validate(op, *parts_of(*args, **kwargs))
         return fn(*args, **kwargs)
 
-    checked_op.__name__, checked_op.__doc__, checked_op.__wrapped__ = fn.__name__, fn.__doc__, fn
     return checked_op
