@@ -1,4 +1,4 @@
-"""Tests of vrnn_fast.store: source -> store -> batches equals the direct path, damaged stores are refused,
+"""Tests of vrnn_fast.data.store: source -> store -> batches equals the direct path, damaged stores are refused,
 an interrupted prepare leaves no store, a finished one is kept, and the CLI trains and resumes from a store."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from vrnn_fast.cli import main
 from vrnn_fast.data import AudioConfig, DataError, Normalizer, open_splits
-from vrnn_fast.store import decode_audio, encode_audio, open_store, prepare
+from vrnn_fast.data.store import decode_audio, encode_audio, open_store, prepare
 from vrnn_fast.train import read_checkpoint
 
 QUANT = 1 / 32768  # the stated int16 round-trip error, of full scale, before normalisation
@@ -148,7 +148,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of the writer
         return encode_audio(frames)
 
-    monkeypatch.setattr("vrnn_fast.store.encode_audio", failing)
+    monkeypatch.setattr("vrnn_fast.data.store.encode_audio", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "out" / "store", progress=False)
     assert list((tmp_path / "out").iterdir()) == []  # neither the store nor its temporary folder

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data import (
+from . import (
     DEFAULT_SPEECH,
     AudioConfig,
     AudioDataset,

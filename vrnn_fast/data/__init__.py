@@ -6,7 +6,7 @@ resampled to ``AudioConfig.sample_rate`` with soxr, cut into non-overlapping ``f
 fixed-length segment of ``segment_seconds`` (``segment_frames`` frames; a file's last, shorter segment is kept,
 padded and masked) or a whole utterance (``segment_seconds=None``). Files are read lazily per batch (cached in
 memory only when the whole corpus is small), so a large corpus is streamed; or from a frame store
-(:mod:`vrnn_fast.store`), decoded once and memory-mapped.
+(:mod:`vrnn_fast.data.store`), decoded once and memory-mapped.
 
 Handwriting (PAPER.md, "IAM-OnDB"): each sequence is rows ``[pen, dx, dy]`` where (dx, dy) are successive
 differences of the pen positions (N points -> N-1 rows), ``pen = 1`` marks a row that ends at the last point
@@ -60,7 +60,7 @@ SHUFFLE_BUFFER_BYTES = 64 * 2**20
 STROKE_STREAM_STEPS = 300
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 
-DEFAULT_SPEECH: Path = Path(__file__).resolve().parent / "datasets" / "cmu_arctic_slt"
+DEFAULT_SPEECH: Path = Path(__file__).resolve().parent.parent / "datasets" / "cmu_arctic_slt"
 
 
 SKIP_BAD_HINT = "skip_bad=True, or --skip-bad on the command line, skips unreadable files"
@@ -451,7 +451,7 @@ class _SequenceDataset:
     segment: int | None
     stream_steps: int
     normalizer: Normalizer | None = None
-    # a frame store's split (vrnn_fast.store): reader(i) the raw frames, reader.rows(i) their row range in the
+    # a frame store's split (vrnn_fast.data.store): reader(i) the raw frames, reader.rows(i) their row range in the
     # store, reader.batch(ranges, normalizer) a batch gathered from the memory map at once
     _reader = None
 
@@ -579,7 +579,7 @@ class _SequenceDataset:
 class AudioDataset(_SequenceDataset):
     """Speech files as frame sequences (see the module docstring). ``files``: the audio files, in order.
 
-    ``reader``: a frame store's split (:mod:`vrnn_fast.store`), read instead of the files (``files`` are then
+    ``reader``: a frame store's split (:mod:`vrnn_fast.data.store`), read instead of the files (``files`` are then
     names only); nothing is cached then.
     """
 
@@ -891,7 +891,7 @@ def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfi
 
     source: None (:data:`DEFAULT_SPEECH`), a folder (audio files, or handwriting files: IAM-OnDB XML, UNIPEN
     .tar.gz, Omniglot .zip), a text file listing files (one a line), a list of paths, one handwriting
-    file/archive, or a frame store (a folder with a manifest.json, :mod:`vrnn_fast.store`: its split, seed,
+    file/archive, or a frame store (a folder with a manifest.json, :mod:`vrnn_fast.data.store`: its split, seed,
     sample rate and frame size are fixed, ``skip_bad`` is moot). kind: "auto" | "speech" | "handwriting".
     seed: the split's seed (None: 0, or a store's own). skip_bad: skip (and list in ``Splits.skipped``, with
     a warning) unreadable files instead of raising. normalizer: use this one (e.g. restored from a checkpoint)
