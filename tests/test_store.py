@@ -61,7 +61,7 @@ def test_int16_round_trip_error_is_within_one_step():
 @pytest.mark.parametrize("lazy", [False, True])
 def test_speech_store_gives_the_direct_batches(tmp_path, monkeypatch, lazy):
     if lazy:  # a corpus over the cache limit: read file by file, at prepare as in the direct path
-        monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)
+        monkeypatch.setattr("vrnn_fast.data.batching.CACHE_BYTES", 0)
     src = speech(tmp_path / "src")
     store = prepare(src, tmp_path / "store", seed=3, progress=False)
     assert store.frames["train"].dtype == np.int16 and store.seed == 3

@@ -207,8 +207,7 @@ def _prepare_parser(sub, fmt) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from .data import AudioConfig
-    from .data.store import prepare
+    from .data import AudioConfig, prepare
 
     audio = AudioConfig(sample_rate=args.sample_rate, frame_size=args.frame_size, segment_seconds=None)
     store = prepare(args.data, args.out, kind=args.kind, audio=audio, seed=args.seed, skip_bad=args.skip_bad,
@@ -310,8 +309,7 @@ def cmd_train(args) -> int:
 def _train(args, ckpt, resume_path, started_dist: bool) -> int:
     """cmd_train once the options, the device and the output folder are checked."""
     from .config import VRNNConfig
-    from .data import AudioConfig, open_splits
-    from .data.store import is_store, open_store
+    from .data import AudioConfig, is_store, open_splits, open_store
     from .train import CHECKPOINT_NAME, TrainConfig, Trainer, config_mismatch
 
     overrides = _train_overrides(args)

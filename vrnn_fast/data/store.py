@@ -12,7 +12,7 @@ frame size and normaliser, and writes a folder:
   source files with their sizes, the skipped files, and the size and sha256 of every array file.
 
 It streams file by file (memory: one file, plus what ``open_splits`` caches of a corpus under
-``data.CACHE_BYTES``), into ``<out>.tmp-<pid>`` renamed to ``<out>`` at the end: an interrupted prepare leaves
+``batching.CACHE_BYTES``), into ``<out>.tmp-<pid>`` renamed to ``<out>`` at the end: an interrupted prepare leaves
 nothing that looks complete. ``open_splits(out)`` (or :func:`open_store`) checks the manifest and gives the
 datasets of the source (same sequences, batches and order for a seed), frames sliced from the memory map.
 
@@ -38,17 +38,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import (
-    DEFAULT_SPEECH,
-    AudioConfig,
-    AudioDataset,
-    DataError,
-    Normalizer,
-    Splits,
-    StrokeDataset,
-    _resolve,
-    open_splits,
-)
+from .audio import AudioConfig
+from .batching import AudioDataset, StrokeDataset
+from .errors import DataError
+from .splits import DEFAULT_SPEECH, Normalizer, Splits, _resolve, open_splits
 
 FORMAT = "vrnn-fast frame store"
 VERSION = 1
@@ -253,7 +246,7 @@ class SplitReader:
 
     def batch(self, pieces: list[range], normalizer: Normalizer | None) -> tuple[Tensor, Tensor]:
         """Row ranges -> x (B, T, D) float32 normalised, zero where masked, and mask (B, T) bool, T = the longest
-        range (at least 1): one gather from the memory map, the same values as :func:`data._collate` of
+        range (at least 1): one gather from the memory map, the same values as :func:`batching._collate` of
         ``normalizer.normalize(self(i))`` pieces."""
         starts = np.array([p.start for p in pieces], np.int64)
         lengths = np.array([len(p) for p in pieces], np.int64)
