@@ -307,6 +307,7 @@ def test_train_bad_device_fails_before_reading_data(tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("option, value, fragment", [
     ("--lr", "1e300", "learning rate in (0, 10]"), ("--lr", "1e10", "learning rate"),
     ("--sample-rate", "100000000", "from 1000 to 192000"), ("--sample-rate", "16k", "from 1000 to 192000"),
+    ("--workers", "-1", "expected an integer >= 0, got '-1'"), ("--workers", "two", "expected an integer >= 0"),
 ])
 def test_out_of_range_options_are_refused_by_the_parser(capsys, option, value, fragment):
     with pytest.raises(SystemExit) as e:

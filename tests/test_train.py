@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from vrnn_fast import VRNNConfig
-from vrnn_fast.data import Batch, Normalizer
+from vrnn_fast.data import Batch, Normalizer, StrokeDataset
 from vrnn_fast.model import FastVRNN
 from vrnn_fast.train import (
     PAPER_MAX_COLUMN_NORM,
@@ -81,6 +81,18 @@ class ArrayDataset:
 def make_data(n=10, seed=0, lo=2, hi=7) -> ArrayDataset:
     rng = np.random.default_rng(seed)
     return ArrayDataset([rng.normal(size=(int(rng.integers(lo, hi)), D)).astype(np.float32) for _ in range(n)])
+
+
+def strokes(n: int, seed: int) -> StrokeDataset:
+    """n handwriting-like sequences of 3-8 rows [pen, dx, dy] as the data API's own (planned) dataset, TBPTT
+    chunks of 4 steps."""
+    rng = np.random.default_rng(seed)
+    seqs = [rng.normal(size=(int(rng.integers(3, 9)), 3)).astype(np.float32) for _ in range(n)]
+    for s in seqs:
+        s[:, 0] = rng.random(len(s)) < 0.3
+    ds = StrokeDataset(seqs, [f"s{i}" for i in range(n)], ["f"] * n)
+    ds.stream_steps = 4
+    return ds
 
 
 def params(model) -> dict:
@@ -189,14 +201,21 @@ def test_first_update_matches_manual_adam_step(tmp_path, warmup):
 # Distributed: 2 gloo processes == 1 process on the same global batch
 
 
+def ddp_trainer(name: str, out_dir, kw: dict) -> Trainer:
+    """The Trainer of a DDP config: the data API's own datasets for "planned" (each rank gathers only its rows,
+    in a loader worker), else ArrayDataset (read whole in the training process, then cut to the rank's rows)."""
+    model, train, valid = (small_config(x_dim=3, batch_size=5), strokes(12, 0), strokes(7, 1)) if name == "planned" \
+        else (small_config(batch_size=5), make_data(12), make_data(3, seed=1))
+    return Trainer(model, TrainConfig(out_dir=str(out_dir), **kw), train, valid, Normalizer(0.0, 1.0))
+
+
 def _ddp_worker(rank, world, init_file, out_dir, configs):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         for name, kw in configs:
-            trainer = Trainer(small_config(batch_size=5), TrainConfig(out_dir=f"{out_dir}/{name}", **kw),
-                              make_data(12), make_data(3, seed=1), Normalizer(0.0, 1.0))
+            trainer = ddp_trainer(name, f"{out_dir}/{name}", kw)
             summary = trainer.fit()
             if rank == 0:
                 grads = {k: p.grad.clone() for k, p in trainer.model.named_parameters()}  # the last update's
@@ -210,19 +229,22 @@ def _ddp_worker(rank, world, init_file, out_dir, configs):
 # No clipping: the all-reduced gradients themselves are compared (Adam's updates hide a wrong scale).
 DDP_CONFIGS = [("plain", dict(steps=4, clip=None, eval_every=2, checkpoint_every=2)),
                ("tbptt", dict(steps=5, clip=None, tbptt=True, reset_every=None, eval_every=10, checkpoint_every=3)),
-               ("one-row", dict(steps=2, clip=None, batch_size=1, tbptt=True))]  # rank 0 gets no rows
+               ("one-row", dict(steps=2, clip=None, batch_size=1, tbptt=True)),  # rank 0 gets no rows
+               ("planned", dict(steps=3, clip=None, eval_every=2, workers=1))]
 
 
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path):
     """Global batch 5 -> shares of 2 and 3 rows (and a last batch of 2 -> 1 + 1): DDP must weight them right."""
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), DDP_CONFIGS), nprocs=2)
     for name, kw in DDP_CONFIGS:
-        single = Trainer(small_config(batch_size=5), TrainConfig(out_dir=str(tmp_path / "one" / name), **kw),
-                         make_data(12), make_data(3, seed=1), Normalizer(0.0, 1.0))
+        single = ddp_trainer(name, tmp_path / "one" / name, kw)
         summary = single.fit()
         ddp = torch.load(tmp_path / "ddp" / f"{name}.pt", weights_only=False)
         assert ddp["summary"]["step"] == summary["step"] == kw["steps"]
         assert math.isclose(ddp["summary"]["train"]["loss"], summary["train"]["loss"], rel_tol=1e-5)
+        # validation: each rank evaluates its rows, the sums are all-reduced
+        assert math.isclose(ddp["summary"]["best_valid_elbo_per_frame"], summary["best_valid_elbo_per_frame"],
+                            rel_tol=1e-6)
         # relative error of the whole gradient vector: a wrong share weighting or scale gives O(0.1-1)
         mine = torch.cat([p.grad.flatten() for p in single.model.parameters()])
         theirs = torch.cat([ddp["grads"][k].flatten() for k, _ in single.model.named_parameters()])
@@ -423,6 +445,7 @@ def test_ctrl_c_finishes_the_update_and_checkpoints(tmp_path):
     (dict(device="meta"), "device 'meta' is not supported"),
     (dict(kl_warmup_steps=-1), "kl_warmup_steps"),
     (dict(max_skipped_updates=0), "max_skipped_updates"),
+    (dict(workers=-1), "workers must be an integer >= 0 or None, got -1"),
 ])
 def test_train_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop with an error (exit 1) after this many updates in a row with a non-finite loss or "
                         "gradient (default 10)")
     t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
+    t.add_argument("--workers", type=_nonneg_int,
+                   help="data loader processes per rank, reading batches while the model steps (the batches are "
+                        "the same for any number); 0 reads them in the training process (default: min(4, CPUs "
+                        "per rank - 1))")
     t.add_argument("--sample-rate", type=_sample_rate, default=16000,
                    help=f"audio sample rate in Hz, {SAMPLE_RATES[0]} to {SAMPLE_RATES[1]} (files are resampled "
                         f"to it)")
@@ -274,7 +278,7 @@ def _train_overrides(args) -> dict:
              "tbptt": args.tbptt, "reset_every": args.reset_every, "paper_faithful": args.paper_faithful,
              "kl_warmup_steps": args.kl_warmup, "bf16": args.bf16, "eval_every": args.eval_every,
              "patience": args.patience, "checkpoint_every": args.checkpoint_every,
-             "log_every": args.log_every, "max_skipped_updates": args.max_skipped_updates}
+             "log_every": args.log_every, "max_skipped_updates": args.max_skipped_updates, "workers": args.workers}
     return {k: v for k, v in pairs.items() if v is not None}
 
 

@@ -1,10 +1,12 @@
 """Training: :class:`TrainConfig`, :class:`Trainer` (single process or DistributedDataParallel) and checkpoints.
 
 One step is one optimiser update on one global batch of B sequences. The loss is the mean over the batch of
-the summed -ELBO, sum_t [w_kl * KL_t + NLL_t] (w_kl < 1 only during KL warm-up). Under ``torchrun`` each of
-the W ranks takes its share of every global batch and scales its summed loss by W / B, so DDP's gradient
-average equals the single-process gradient of the same global batch. The reparameterisation noise of the
-global batch comes from one seeded generator, the same on every rank, so single- and multi-process runs see
+the summed -ELBO, sum_t [w_kl * KL_t + NLL_t] (w_kl < 1 only during KL warm-up). Batches come through
+``torch.utils.data`` (:mod:`vrnn_fast.data.loader`): ``workers`` processes read them into pinned memory while the
+model steps, in the same order for any number of workers. Under ``torchrun`` each of the W ranks reads only its
+share of every global batch (and of the validation batches) and scales its summed loss by W / B, so DDP's
+gradient average equals the single-process gradient of the same global batch. The reparameterisation noise of
+the global batch comes from one seeded generator, the same on every rank, so single- and multi-process runs see
 the same draws.
 
 Checkpoint (a dict, ``torch.load(..., weights_only=True)``-safe; written to ``<name>.tmp``, flushed, fsynced,
@@ -53,6 +55,7 @@ from torch import Tensor
 
 from .config import FLOAT_BOUNDS, VRNNConfig
 from .data import Normalizer
+from .data.loader import BatchStream, Share, default_workers, loader, rank_rows
 from .model import BACKENDS, FastVRNN
 
 CHECKPOINT_FORMAT = "vrnn_fast-checkpoint-2"  # 2: with a checksum
@@ -76,7 +79,9 @@ class TrainConfig:
     the official code. ``paper_faithful``: the official scheme (PAPER.md): clip at ``clip``, a non-finite
     gradient norm replaces each gradient by 0.1 * parameter, and after each update every non-recurrent weight
     column is capped at L2 norm 1.9365; otherwise an update with a non-finite gradient norm is skipped.
-    ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``tbptt``: train on
+    ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``workers``: loader
+    worker processes reading batches ahead (0: in the training process; None: :func:`default_workers`,
+    min(4, CPUs - 1)); the batches are the same for any number. ``tbptt``: train on
     consecutive segments of per-row streams and carry the LSTM state between them, reset every
     ``reset_every`` updates (None: only at the start of a pass). ``bf16``: autocast on CUDA (ignored with a
     warning on CPU). Every ``eval_every`` updates, and after the last one (``steps`` or ``epochs`` reached), the
@@ -106,6 +111,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = str(self.out_dir)
@@ -117,6 +123,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), low=1)
         _check_int("kl_warmup_steps", self.kl_warmup_steps, low=0)
         _check_int("seed", self.seed, low=0)
+        _check_int("workers", self.workers, low=0, optional=True)
         for name, high in (("lr", FLOAT_BOUNDS["lr"]), ("clip", math.inf)):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and 0 < value <= high and math.isfinite(value)):
@@ -411,6 +418,15 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _collective_device() -> torch.device:
+    """Where the process group's collectives take tensors: this rank's GPU under nccl, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _any_rank(flag: bool) -> bool:
     """``flag`` of any rank (every rank must call it under torchrun); ``flag`` itself in one process."""
     return _max_over_ranks(float(flag)) > 0
@@ -419,9 +435,7 @@ def _any_rank(flag: bool) -> bool:
 def _max_over_ranks(value: float, device: torch.device | None = None) -> float:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor([value], dtype=torch.float64, device=device or _collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
@@ -457,41 +471,50 @@ def config_mismatch(expected: VRNNConfig, found: VRNNConfig) -> str:
 
 @torch.no_grad()
 def evaluate_model(model: FastVRNN, dataset, batch_size: int, n_samples: int = 0, seed: int = 0,
-                   device: str | torch.device = "cpu", max_batches: int | None = None) -> dict:
+                   device: str | torch.device = "cpu", max_batches: int | None = None, workers: int = 0,
+                   worker_init_fn=None) -> dict:
     """ELBO (and, with ``n_samples`` > 0, the importance-sampled log-likelihood) of every sequence of a dataset.
 
     Noise comes from a generator seeded with ``seed`` (the global RNG is untouched), so the numbers are
     reproducible. Returns sums divided per sequence and per unmasked frame: ``elbo_per_sequence``,
     ``elbo_per_frame``, ``kl_per_frame``, ``nll_per_frame`` and, with samples, ``log_likelihood_per_sequence``
-    and ``log_likelihood_per_frame``; plus ``sequences``, ``frames``, ``n_samples``.
+    and ``log_likelihood_per_frame``; plus ``sequences``, ``frames``, ``n_samples``. ``workers``: loader
+    processes (:func:`~vrnn_fast.data.loader.loader`). Under ``torch.distributed`` every rank must call it:
+    each evaluates its rows of every batch (the same noise draws as one process) and the sums are all-reduced.
     """
     device = torch.device(device)
     cfg = model.config
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    seqs, frames, elbo, kl, nll, ll = 0, 0, 0.0, 0.0, 0.0, 0.0
-    for k, batch in enumerate(dataset.iter_batches(batch_size, shuffle=False)):
-        if max_batches is not None and k >= max_batches:
-            break
-        x, mask = batch.x.to(device), batch.mask.to(device)
-        noise = _draw_noise(cfg, x.shape[:2], gen, device)
+    stream = BatchStream(dataset, batch_size, shuffle=False, stop=max_batches, rank=_rank(), world=_world())
+    sums = torch.zeros(6, dtype=torch.float64)  # sequences, frames, elbo, kl, nll, log-likelihood
+    for share in loader(stream, workers, device.type == "cuda", worker_init_fn):
+        x = share.batch.x.to(device, non_blocking=True)
+        mask = share.batch.mask.to(device, non_blocking=True)
+        noise = _draw_noise(cfg, (share.size, x.shape[1]), gen, device)
+        eps = None
+        if n_samples and cfg.has_latent:
+            eps = torch.randn(n_samples, share.size, x.shape[1], cfg.z_dim, generator=gen, device=device)
+        if share.hi == share.lo:  # no rows here (the noise was drawn all the same, as by the other ranks)
+            continue
+        noise = None if noise is None else noise[share.lo: share.hi]
         out = model(x, mask=mask, noise=noise)
-        seqs += x.shape[0]
-        frames += int(mask.sum())
-        elbo += float(out.elbo.double().sum())
-        kl += float(out.kl.double().sum())
-        nll += float(out.nll.double().sum())
+        sums[:5] += torch.tensor([share.hi - share.lo, float(mask.sum()), float(out.elbo.double().sum()),
+                                  float(out.kl.double().sum()), float(out.nll.double().sum())], dtype=torch.float64)
         if n_samples:
-            eps = None
-            if cfg.has_latent:
-                eps = torch.randn(n_samples, *x.shape[:2], cfg.z_dim, generator=gen, device=device)
-            ll += float(model.log_likelihood(x, mask, n_samples=n_samples, noise=eps).double().sum())
+            eps = None if eps is None else eps[:, share.lo: share.hi]
+            sums[5] += float(model.log_likelihood(x, mask, n_samples=n_samples, noise=eps).double().sum())
     model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        sums = sums.to(_collective_device())
+        dist.all_reduce(sums)
+    seqs, frames, elbo, kl, nll, ll = sums.tolist()
     if seqs == 0:
         raise ValueError("evaluation set is empty: no sequences to evaluate")
-    result = {"sequences": seqs, "frames": frames, "elbo_per_sequence": elbo / seqs, "elbo_per_frame": elbo / frames,
-              "kl_per_frame": kl / frames, "nll_per_frame": nll / frames, "n_samples": n_samples}
+    result = {"sequences": int(seqs), "frames": int(frames), "elbo_per_sequence": elbo / seqs,
+              "elbo_per_frame": elbo / frames, "kl_per_frame": kl / frames, "nll_per_frame": nll / frames,
+              "n_samples": n_samples}
     if n_samples:
         result.update(log_likelihood_per_sequence=ll / seqs, log_likelihood_per_frame=ll / frames)
     return result
@@ -544,6 +567,7 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
+        self.workers = default_workers() if config.workers is None else config.workers
         self.out_dir = Path(config.out_dir)
 
         torch.manual_seed(config.seed)
@@ -571,16 +595,12 @@ class Trainer:
         self._stop_signal = 0  # the first stop signal received (0: none)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int):
+    def _epoch_batches(self, epoch: int, start: int):
+        """This rank's shares of the pass's batches from batch ``start`` on (``workers`` processes read ahead)."""
         c = self.config
-        if c.tbptt:
-            return self.train_data.iter_stream_batches(self.batch_size, seed=c.seed, epoch=epoch)
-        return self.train_data.iter_batches(self.batch_size, shuffle=True, seed=c.seed, epoch=epoch)
-
-    def _share(self, n: int) -> tuple[int, int]:
-        """Rows [lo, hi) of an n-row global batch that this rank takes (contiguous, sizes differ by <= 1)."""
-        lo = self.rank * n // self.world
-        return lo, (self.rank + 1) * n // self.world
+        stream = BatchStream(self.train_data, self.batch_size, stream=c.tbptt, seed=c.seed, epoch=epoch,
+                             start=start, rank=self.rank, world=self.world)
+        return loader(stream, self.workers, self.device.type == "cuda", _init_loader_worker)
 
     # -- one update ----------------------------------------------------------------------------------------
     def kl_weight(self) -> float:
@@ -588,19 +608,19 @@ class Trainer:
         w = self.config.kl_warmup_steps
         return 1.0 if w == 0 else min(1.0, (self.step + 1) / w)
 
-    def _train_step(self, batch) -> dict:
+    def _train_step(self, share: Share) -> dict:
+        """One update on this rank's share of a global batch of ``share.size`` rows."""
         c, cfg = self.config, self.model_config
-        x_all, mask_all = batch.x.to(self.device), batch.mask.to(self.device)
-        n = x_all.shape[0]
-        noise_all = _draw_noise(cfg, x_all.shape[:2], self.noise_gen, self.device)
-        lo, hi = self._share(n)
+        x = share.batch.x.to(self.device, non_blocking=True)
+        mask = share.batch.mask.to(self.device, non_blocking=True)
+        n, lo, hi = share.size, share.lo, share.hi
+        noise_all = _draw_noise(cfg, (n, x.shape[1]), self.noise_gen, self.device)  # the global batch's
         scale = self.world / n
-        carry = (c.tbptt and batch.carry and self.state is not None
+        carry = (c.tbptt and share.batch.carry and self.state is not None
                  and not (c.reset_every and self.step % c.reset_every == 0))
         state = self.state if carry else None
-        if hi == lo:  # more ranks than rows: run row 0 with weight 0 so every rank joins the gradient reduction
-            lo, hi, scale, state = 0, 1, 0.0, None
-        x, mask = x_all[lo:hi], mask_all[lo:hi]
+        if hi == lo:  # more ranks than rows: a masked row of zeros, run with weight 0 so that every rank joins
+            lo, hi, scale, state = 0, 1, 0.0, None  # the gradient reduction
         noise = None if noise_all is None else noise_all[lo:hi]
         w_kl = self.kl_weight()
         self.model.train()
@@ -685,12 +705,9 @@ class Trainer:
         window_frames, window_start = 0, time.perf_counter()
         stopped = self._done()
         while stopped is None:
-            it = iter(self._epoch_batches(self.epoch))
-            for _ in range(self.batch_in_epoch):  # resume mid-pass: skip the batches already used
-                next(it, None)
-            used = self.batch_in_epoch
-            for batch in it:
-                last = self._train_step(batch)
+            used = self.batch_in_epoch  # a resumed pass starts after the batches already used
+            for share in self._epoch_batches(self.epoch, used):
+                last = self._train_step(share)
                 self._count_bad_update(last)
                 used += 1
                 window_frames += last["frames"]
@@ -797,7 +814,8 @@ class Trainer:
         """:func:`evaluate_model` of the current model on ``dataset`` (batches of the training batch size)."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
             return evaluate_model(self.model, dataset, self.batch_size, n_samples, seed=self.config.seed,
-                                  device=self.device, max_batches=max_batches)
+                                  device=self.device, max_batches=max_batches, workers=self.workers,
+                                  worker_init_fn=_init_loader_worker)
 
     def _log(self, record: dict) -> None:
         if self.rank != 0:
@@ -898,13 +916,24 @@ class Trainer:
             self.saved_step = self.step  # this run's latest checkpoint
         self.state = None
         if state is not None and self.config.tbptt:
-            lo, hi = self._share(state[0].shape[0])
+            lo, hi = rank_rows(state[0].shape[0], self.rank, self.world)
             self.state = tuple(s[lo:hi].to(self.device) for s in state)
         return ckpt
 
     def resume(self, path: str | os.PathLike | None = None) -> dict:
         """Continue exactly where the checkpoint (default ``out_dir/checkpoint.pt``) stopped."""
         return self.load_checkpoint(path if path is not None else self.out_dir / CHECKPOINT_NAME)
+
+
+def _init_loader_worker(worker_id: int) -> None:
+    """In a loader worker (a fork of the training process): the main process alone reacts to stop signals, and
+    the worker lets go of the run locks it inherited (else a killed run's lock would outlive it in its workers;
+    the lock stays held by the main process)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    for f in _HELD_LOCKS.values():
+        f.close()
+    _HELD_LOCKS.clear()
 
 
 def _as_tuple(value):

@@ -6,6 +6,7 @@ Where things are:
 - :mod:`.strokes`: handwriting files -> rows [pen, dx, dy] (:func:`read_strokes`).
 - :mod:`.splits`: sources, train/valid/test splits and the :class:`Normalizer` (:func:`open_splits`).
 - :mod:`.batching`: the datasets and their batches (:class:`Batch`, ``iter_batches``, ``iter_stream_batches``).
+- :mod:`.loader`: batches through ``torch.utils.data``: worker processes, pinned memory, per-rank shares.
 - :mod:`.store`: the frame store, a source decoded once into memory-mapped arrays (:func:`prepare`).
 
 Speech (PAPER.md, "Speech data"): mono, resampled, cut into ``frame_size``-sample frames and z-scored with one

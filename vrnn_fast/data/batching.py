@@ -12,7 +12,7 @@ Shapes: B batch, T steps (frames or pen points), D = x_dim (frame_size for speec
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -47,22 +47,52 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _collate(pieces: Sequence[np.ndarray], dim: int) -> tuple[Tensor, Tensor]:
-    """Pad (t_i, D) arrays into x (B, T, D) float32 and mask (B, T) bool, T = max t_i (at least 1)."""
-    t = max(1, max(len(p) for p in pieces))
-    x = np.zeros((len(pieces), t, dim), np.float32)
-    mask = np.zeros((len(pieces), t), bool)
-    for b, p in enumerate(pieces):
-        x[b, : len(p)] = p
-        mask[b, : len(p)] = True
-    return torch.from_numpy(x), torch.from_numpy(mask)
+class BatchPlan(NamedTuple):
+    """Which frames make one batch, known before any is read.
+
+    ``parts`` (P, 4) int64 rows [row, sequence, start, stop], sorted by row: row b of the batch holds frames
+    start:stop of each of its parts' sequences, back to back; ``rows`` B; ``steps`` T (the longest row, at least
+    1, or the stream length); ``carry`` as :attr:`Batch.carry`; ``finished`` the sequences that no later batch of
+    the pass reads (a reader may forget them).
+    """
+
+    parts: np.ndarray
+    rows: int
+    steps: int
+    carry: bool
+    finished: tuple[int, ...]
+
+    def share(self, lo: int, hi: int) -> BatchPlan:
+        """Rows lo:hi of the batch (numbered from 0), same T."""
+        parts = self.parts[(self.parts[:, 0] >= lo) & (self.parts[:, 0] < hi)] - np.array([lo, 0, 0, 0])
+        return self._replace(parts=parts, rows=hi - lo)
+
+
+def _plan(rows: list[list[tuple[int, int, int]]], steps: int, carry: bool, finished: list[int]) -> BatchPlan:
+    """A BatchPlan of per-row parts (sequence, start, stop)."""
+    parts = [(b, i, s, e) for b, row in enumerate(rows) for i, s, e in row]
+    return BatchPlan(np.array(parts, np.int64).reshape(-1, 4), len(rows), steps, carry, tuple(finished))
+
+
+def normalize_batch(x: np.ndarray, mask: np.ndarray, normalizer: Normalizer | None) -> Batch:
+    """Raw frames x (B, T, D) float32 -> normalised in place (the same float32 operations as
+    Normalizer.normalize), zero where ``mask`` (B, T) is False; as a Batch with carry=False."""
+    if normalizer is not None:
+        v = x[..., normalizer.raw_columns:]
+        v -= normalizer.mean
+        v /= normalizer.std
+    x[~mask] = 0
+    return Batch(torch.from_numpy(x), torch.from_numpy(mask), False)
 
 
 class _SequenceDataset:
     """Common batching over sequences i = 0..n-1 of ``lengths[i]`` steps, each read by ``_raw(i)`` (T_i, D).
 
-    Subclasses set ``dim``, ``lengths``, ``segment`` (steps per sequence piece, None = whole sequences),
-    ``stream_steps`` and implement ``_raw``. ``normalizer`` is set by :func:`open_splits`.
+    A pass is planned from the lengths alone (:meth:`batch_plans`, :meth:`stream_plans`: which frames go where)
+    and read by :meth:`gather`, so that loader workers can each read their own batches, and ranks their own rows
+    (:mod:`vrnn_fast.data.loader`). Subclasses set ``dim``, ``lengths``, ``segment`` (steps per sequence piece,
+    None = whole sequences), ``stream_steps`` and implement ``_raw``. ``normalizer`` is set by
+    :func:`open_splits`.
     """
 
     dim: int
@@ -70,16 +100,15 @@ class _SequenceDataset:
     segment: int | None
     stream_steps: int
     normalizer: Normalizer | None = None
-    # a frame store's split (vrnn_fast.data.store): reader(i) the raw frames, reader.rows(i) their row range in the
-    # store, reader.batch(ranges, normalizer) a batch gathered from the memory map at once
+    # a frame store's split (vrnn_fast.data.store): reader(i) the raw frames, reader.gather(parts, rows, steps)
+    # the raw frames of a plan, gathered from the memory map at once
     _reader = None
 
     def _raw(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _load(self, i: int) -> np.ndarray:
-        a = self._raw(i)
-        return a if self.normalizer is None else self.normalizer.normalize(a).astype(np.float32, copy=False)
+    def load_cache(self) -> None:
+        """Reads now what the dataset keeps in memory (before loader workers copy it); nothing by default."""
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -96,10 +125,12 @@ class _SequenceDataset:
         """Unmasked steps (frames or pen points) in one pass."""
         return int(self.lengths.sum())
 
-    def _pieces(self, a: np.ndarray) -> list[np.ndarray]:
+    def _pieces(self, i: int) -> list[tuple[int, int, int]]:
+        """Sequence i's pieces (i, start, stop): segments, or the whole sequence."""
+        n = int(self.lengths[i])
         if self.segment is None:
-            return [a] if len(a) else []
-        return [a[s: s + self.segment] for s in range(0, len(a), self.segment)]
+            return [(i, 0, n)] if n else []
+        return [(i, s, min(s + self.segment, n)) for s in range(0, n, self.segment)]
 
     def iter_batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                      drop_last: bool = False) -> Iterator[Batch]:
@@ -109,47 +140,7 @@ class _SequenceDataset:
         drawn at random from a buffer of about ``SHUFFLE_BUFFER_BYTES`` (all of a small corpus). Whole
         sequences (no segments) are bucketed: each shuffled batch holds neighbours in length, in random order.
         """
-        _check_batch_size(batch_size)
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(self.lengths)) if shuffle else np.arange(len(self.lengths))
-        steps_cap = SHUFFLE_BUFFER_BYTES // (4 * self.dim) if shuffle else 0
-        bucket = shuffle and self.segment is None  # whole sequences: batch similar lengths (less padding)
-        buffer: list[np.ndarray] = []
-        buffered_steps = 0
-        for i in order:
-            if self.lengths[i] == 0:
-                continue
-            for p in self._pieces(self._load(int(i)) if self._reader is None else self._reader.rows(int(i))):
-                buffer.append(p)
-                buffered_steps += len(p)
-            while len(buffer) >= batch_size and buffered_steps >= steps_cap:
-                if not shuffle:
-                    take = range(batch_size)
-                elif bucket:  # a random sequence and the batch_size - 1 closest to it in length
-                    lens = np.array([len(p) for p in buffer])
-                    take = np.argsort(np.abs(lens - lens[rng.integers(len(buffer))]), kind="stable")[:batch_size]
-                else:
-                    take = rng.choice(len(buffer), batch_size, replace=False)
-                chosen = set(int(k) for k in take)
-                batch = [buffer[k] for k in sorted(chosen)]
-                buffer = [p for k, p in enumerate(buffer) if k not in chosen]
-                buffered_steps -= sum(len(p) for p in batch)
-                yield self._batch(batch)
-        if shuffle:
-            buffer = [buffer[k] for k in rng.permutation(len(buffer))]
-        if bucket:  # the rest: batches of neighbours in length, in random order
-            buffer = [buffer[k] for k in np.argsort([len(p) for p in buffer], kind="stable")]
-        batches = [buffer[s: s + batch_size] for s in range(0, len(buffer), batch_size)]
-        if drop_last and batches and len(batches[-1]) < batch_size:
-            batches.pop()
-        for k in rng.permutation(len(batches)) if bucket else range(len(batches)):
-            yield self._batch(batches[k])
-
-    def _batch(self, pieces: list) -> Batch:
-        """Pieces (arrays (t_i, D), or a store's row ranges) -> Batch of normalised frames, carry=False."""
-        if self._reader is None:
-            return Batch(*_collate(pieces, self.dim), False)
-        return Batch(*self._reader.batch(pieces, self.normalizer), False)
+        return self.read(self.batch_plans(batch_size, shuffle, seed, epoch, drop_last))
 
     def iter_stream_batches(self, batch_size: int, seed: int = 0, epoch: int = 0,
                             steps: int | None = None) -> Iterator[Batch]:
@@ -160,6 +151,90 @@ class _SequenceDataset:
         length, or ``STROKE_STREAM_STEPS`` for handwriting). carry=False on the first batch of the pass, True
         after; a row whose stream has ended is masked out until the others end.
         """
+        return self.read(self.stream_plans(batch_size, seed, epoch, steps))
+
+    def read(self, plans: Iterable[BatchPlan]) -> Iterator[Batch]:
+        """:meth:`gather` of each plan of one pass, in order; each sequence is read once a pass (held until a plan
+        says it is finished)."""
+        held: dict[int, np.ndarray] = {}
+        for plan in plans:
+            yield self.gather(plan, held)
+            for i in plan.finished:
+                held.pop(i, None)
+
+    def gather(self, plan: BatchPlan, held: dict[int, np.ndarray] | None = None) -> Batch:
+        """The batch a plan describes: x (B, T, D) float32 normalised, zero where masked, mask (B, T) bool.
+        ``held``: raw sequences kept from earlier batches of the pass (read here when missing, and added)."""
+        if self._reader is not None:
+            x, mask = self._reader.gather(plan.parts, plan.rows, plan.steps)
+        else:
+            x = np.zeros((plan.rows, plan.steps, self.dim), np.float32)
+            mask = np.zeros((plan.rows, plan.steps), bool)
+            held = {} if held is None else held
+            filled = np.zeros(plan.rows, np.int64)
+            for b, i, s, e in plan.parts.tolist():
+                if i not in held:
+                    held[i] = self._raw(i)
+                t = filled[b]
+                x[b, t: t + e - s] = held[i][s:e]
+                mask[b, t: t + e - s] = True
+                filled[b] += e - s
+        return normalize_batch(x, mask, self.normalizer)._replace(carry=plan.carry)
+
+    def batch_plans(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                    drop_last: bool = False) -> Iterator[BatchPlan]:
+        """The plans of :meth:`iter_batches` (same arguments), one a batch."""
+        _check_batch_size(batch_size)
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self.lengths)) if shuffle else np.arange(len(self.lengths))
+        steps_cap = SHUFFLE_BUFFER_BYTES // (4 * self.dim) if shuffle else 0
+        bucket = shuffle and self.segment is None  # whole sequences: batch similar lengths (less padding)
+        buffer: list[tuple[int, int, int]] = []  # pieces (sequence, start, stop)
+        buffered_steps = 0
+        unplanned: dict[int, int] = {}  # pieces of each buffered sequence not in a batch yet
+
+        def plan(pieces):
+            finished = []
+            for i, _, _ in pieces:
+                unplanned[i] -= 1
+                if not unplanned[i]:
+                    finished.append(i)
+                    del unplanned[i]
+            return _plan([[p] for p in pieces], max(1, max(e - s for _, s, e in pieces)), False, finished)
+
+        for i in order:
+            if self.lengths[i] == 0:
+                continue
+            pieces = self._pieces(int(i))
+            unplanned[int(i)] = len(pieces)
+            buffer += pieces
+            buffered_steps += int(self.lengths[i])
+            while len(buffer) >= batch_size and buffered_steps >= steps_cap:
+                if not shuffle:
+                    take = range(batch_size)
+                elif bucket:  # a random sequence and the batch_size - 1 closest to it in length
+                    lens = np.array([e - s for _, s, e in buffer])
+                    take = np.argsort(np.abs(lens - lens[rng.integers(len(buffer))]), kind="stable")[:batch_size]
+                else:
+                    take = rng.choice(len(buffer), batch_size, replace=False)
+                chosen = set(int(k) for k in take)
+                batch = [buffer[k] for k in sorted(chosen)]
+                buffer = [p for k, p in enumerate(buffer) if k not in chosen]
+                buffered_steps -= sum(e - s for _, s, e in batch)
+                yield plan(batch)
+        if shuffle:
+            buffer = [buffer[k] for k in rng.permutation(len(buffer))]
+        if bucket:  # the rest: batches of neighbours in length, in random order
+            buffer = [buffer[k] for k in np.argsort([e - s for _, s, e in buffer], kind="stable")]
+        batches = [buffer[s: s + batch_size] for s in range(0, len(buffer), batch_size)]
+        if drop_last and batches and len(batches[-1]) < batch_size:
+            batches.pop()
+        for k in rng.permutation(len(batches)) if bucket else range(len(batches)):
+            yield plan(batches[k])
+
+    def stream_plans(self, batch_size: int, seed: int = 0, epoch: int = 0,
+                     steps: int | None = None) -> Iterator[BatchPlan]:
+        """The plans of :meth:`iter_stream_batches` (same arguments), one a batch; every plan has T = steps."""
         _check_batch_size(batch_size)
         steps = steps or self.segment or self.stream_steps
         if not isinstance(steps, int) or steps < 1:
@@ -176,23 +251,22 @@ class _SequenceDataset:
             streams[r].append(i)
             heapq.heappush(heap, (total + int(self.lengths[i]), r))
         n_batches = -(-max(t for t, _ in heap) // steps)
-        pending = [np.zeros((0, self.dim), np.float32) for _ in range(rows)]
+        at = [0] * rows  # steps of its current (first) sequence each row has used
         for k in range(n_batches):
-            chunks = []
-            for r in range(rows):
-                parts, have = [pending[r]], len(pending[r])
-                while have < steps and streams[r]:
-                    a = self._load(streams[r].pop(0))
-                    parts.append(a)
-                    have += len(a)
-                buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                chunks.append(buf[:steps])
-                pending[r] = buf[steps:]
-            x, mask = _collate(chunks, self.dim)
-            if x.shape[1] < steps:  # every batch of a pass has the same T
-                x = torch.nn.functional.pad(x, (0, 0, 0, steps - x.shape[1]))
-                mask = torch.nn.functional.pad(mask, (0, steps - mask.shape[1]))
-            yield Batch(x, mask, k > 0)
+            parts, finished = [], []
+            for r, stream in enumerate(streams):
+                row, need = [], steps
+                while need and stream:
+                    i = stream[0]
+                    take = min(need, int(self.lengths[i]) - at[r])
+                    row.append((i, at[r], at[r] + take))
+                    at[r] += take
+                    need -= take
+                    if at[r] == self.lengths[i]:
+                        finished.append(stream.pop(0))
+                        at[r] = 0
+                parts.append(row)
+            yield _plan(parts, steps, k > 0, finished)
 
 
 class AudioDataset(_SequenceDataset):
@@ -216,6 +290,12 @@ class AudioDataset(_SequenceDataset):
         self._cache: dict[int, np.ndarray] | None = {} if small else None
         if decoded is not None and self._cache is not None:
             self._cache.update(enumerate(decoded))
+
+    def load_cache(self) -> None:
+        """Decodes now every file a split under the cache limit keeps (loader workers then share them)."""
+        if self._cache is not None:
+            for i in range(len(self.files)):
+                self._raw(i)
 
     def _raw(self, i: int) -> np.ndarray:
         if self._reader is not None:

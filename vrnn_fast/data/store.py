@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from .audio import AudioConfig
@@ -239,26 +237,36 @@ class SplitReader:
         offset, length = self.index[i]
         return self._decode(self.frames[offset: offset + length])
 
-    def rows(self, i: int) -> range:
-        """The rows of sequence i in ``frames``."""
-        offset, length = self.index[i]
-        return range(offset, offset + length)
+    def gather(self, parts: np.ndarray, rows: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """A plan's raw frames (:class:`~vrnn_fast.data.batching.BatchPlan`: ``parts`` (P, 4) [row, sequence,
+        start, stop]) as x (rows, steps, D) float32 and mask (rows, steps) bool, in one gather from the memory
+        map; masked steps hold frame 0 of the split."""
+        row, seq, start, stop = parts.T
+        first = self.index[seq, 0] + start  # each part's first frame in the split
+        if len(parts) == rows and np.array_equal(row, np.arange(rows)):  # one part a row (all but streams)
+            t = np.arange(steps)
+            mask = t < (stop - start)[:, None]
+            where = np.where(mask, first[:, None] + t, 0)
+        else:
+            n = stop - start
+            to = np.cumsum(n) - n  # where each part starts among all the frames
+            row_first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])  # each row's first part
+            dest = to - np.repeat(to[row_first], np.diff(np.r_[row_first, len(row)]))  # where it starts in its row
+            part = np.repeat(np.arange(len(parts)), n)
+            j = np.arange(int(n.sum())) - to[part]  # each frame's step within its part
+            where = np.zeros((rows, steps), np.int64)
+            mask = np.zeros((rows, steps), bool)
+            where[row[part], dest[part] + j] = first[part] + j
+            mask[row[part], dest[part] + j] = True
+        return self._decode(self.frames[where]), mask
 
-    def batch(self, pieces: list[range], normalizer: Normalizer | None) -> tuple[Tensor, Tensor]:
-        """Row ranges -> x (B, T, D) float32 normalised, zero where masked, and mask (B, T) bool, T = the longest
-        range (at least 1): one gather from the memory map, the same values as :func:`batching._collate` of
-        ``normalizer.normalize(self(i))`` pieces."""
-        starts = np.array([p.start for p in pieces], np.int64)
-        lengths = np.array([len(p) for p in pieces], np.int64)
-        steps = np.arange(max(1, int(lengths.max())))
-        mask = steps < lengths[:, None]
-        x = self._decode(self.frames[np.where(mask, starts[:, None] + steps, 0)])  # masked steps read row 0
-        if normalizer is not None:  # in place, the same float32 operations as Normalizer.normalize
-            v = x[..., normalizer.raw_columns:]
-            v -= normalizer.mean
-            v /= normalizer.std
-        x[~mask] = 0
-        return torch.from_numpy(x), torch.from_numpy(mask)
+    def __reduce__(self):
+        """Pickled (for loader workers that do not fork) as the memory map's file, not its content."""
+        return _open_reader, (self.frames.filename, self.index, self.audio)
+
+
+def _open_reader(path: str, index: np.ndarray, audio: bool) -> SplitReader:
+    return SplitReader(np.load(path, mmap_mode="r"), index, audio)
 
 
 @dataclass
