@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -165,6 +169,44 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
         open_splits(left)
     with pytest.raises(DataError, match="not a frame store"):
         open_store(left)
+
+
+def test_prepare_after_a_killed_one_removes_its_leftovers(tmp_path):
+    """A prepare SIGKILLed while writing leaves <out>.tmp-<pid> (not a store); the next prepare of <out> removes it
+    (and an <out>.old-<pid> of a killed --force rewrite), saying so; a live process's folder stops it."""
+    src, out = speech(tmp_path / "src", n=6), tmp_path / "store"
+    killed = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        import vrnn_fast.data.store as store
+        encode = store.encode_audio
+        def slow(frames):
+            print("writing", flush=True)
+            time.sleep(60)
+        store.encode_audio = slow
+        store.prepare({str(src)!r}, {str(out)!r}, progress=False)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "writing"
+    finally:
+        killed.kill()
+        killed.wait()
+    left = tmp_path / f"store.tmp-{killed.pid}"
+    assert (left / "train.frames.npy").is_file() and not out.exists()
+    with pytest.raises(DataError, match="not a frame store"):
+        open_store(left)
+    (tmp_path / f"store.old-{killed.pid}").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(src, out, progress=False)
+    said = sorted(str(w.message) for w in caught)
+    assert len(said) == 2 and all(f"left by an interrupted prepare (process {killed.pid} is gone)" in m for m in said)
+    assert f"store.old-{killed.pid}," in said[0] and f"store.tmp-{killed.pid}," in said[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
+    busy = tmp_path / f"store.tmp-{os.getppid()}"  # a running process: another prepare of the same --out?
+    busy.mkdir()
+    with pytest.raises(DataError, match=rf"store.tmp-{os.getppid()} belongs to the running process"):
+        prepare(src, out, force=True, progress=False)
+    assert busy.is_dir() and open_store(out).seed == 0
 
 
 def test_prepare_again_keeps_a_finished_store(tmp_path):

@@ -199,7 +199,8 @@ def _prepare_parser(sub, fmt) -> None:
                                    "frames per split (int16 audio, float32 strokes), their index, the normaliser "
                                    "and a checked manifest. Every --data option accepts the store afterwards.")
     p.add_argument("--data", help="the source, as train's --data (default: the shipped speech set)")
-    p.add_argument("--out", required=True, help="the store's folder (written as <out>.tmp-<pid>, then renamed)")
+    p.add_argument("--out", required=True, help="the store's folder (written as <out>.tmp-<pid>, then renamed; "
+                                                   "one a killed prepare left is removed)")
     p.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/valid/test split")
     p.add_argument("--sample-rate", type=_sample_rate, default=16000, help="audio sample rate in Hz (files are "

@@ -13,8 +13,9 @@ frame size and normaliser, and writes a folder:
 
 It streams file by file (memory: one file, plus what ``open_splits`` caches of a corpus under
 ``batching.CACHE_BYTES``), into ``<out>.tmp-<pid>`` renamed to ``<out>`` at the end: an interrupted prepare leaves
-nothing that looks complete. ``open_splits(out)`` (or :func:`open_store`) checks the manifest and gives the
-datasets of the source (same sequences, batches and order for a seed), frames sliced from the memory map.
+nothing that looks complete, and the next prepare of ``<out>`` removes what a killed one left. ``open_splits(out)``
+(or :func:`open_store`) checks the manifest and gives the datasets of the source (same sequences, batches and
+order for a seed), frames sliced from the memory map.
 
 Example::
 
@@ -24,10 +25,12 @@ Example::
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -142,10 +145,13 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
     ``source``, ``kind``, ``audio`` (sample rate and frame size; segments are cut when batches are drawn),
     ``seed`` (the split's), ``skip_bad`` and ``normalizer`` (None: fit on the train split) are those of
     :func:`~vrnn_fast.data.open_splits`. A finished store at ``out`` prepared with the same source and options
-    is kept (with a warning saying so) unless ``force``; one with other options needs ``force``.
-    Raises DataError for an unusable source or an ``out`` that exists and is not a frame store.
+    is kept (with a warning saying so) unless ``force``; one with other options needs ``force``. The folders a
+    killed prepare of ``out`` left (``<out>.tmp-<pid>``, ``<out>.old-<pid>``) are removed, with a warning.
+    Raises DataError for an unusable source, an ``out`` that exists and is not a frame store, or another
+    prepare of ``out`` running now.
     """
     out = Path(out).expanduser()
+    _remove_leftovers(out)
     options = {"kind": kind, "sample_rate": audio.sample_rate, "frame_size": audio.frame_size, "seed": seed,
                "skip_bad": skip_bad, "normalizer": None if normalizer is None else normalizer.to_dict()}
     if is_store(out) and not force:
@@ -169,7 +175,6 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
                          normalizer=normalizer or Normalizer(0.0, 1.0, raw_columns))  # fit below, while writing
     desc = _source_text(source)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         arrays = {}
@@ -198,6 +203,31 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_store(out, verify=False)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Removes ``<out>.tmp-<pid>`` and ``<out>.old-<pid>`` folders whose process is gone (a prepare killed before
+    it could clean up), warning about each; DataError when a running process (not this one) owns one."""
+    for path in sorted(out.parent.glob(f"{glob.escape(out.name)}.*-*")):
+        found = re.fullmatch(rf"{re.escape(out.name)}\.(tmp|old)-(\d+)", path.name)
+        if found is None or not path.is_dir():
+            continue
+        pid = int(found.group(2))
+        if pid != os.getpid() and _running(pid):
+            raise DataError(f"{path} belongs to the running process {pid}: another prepare of {out}? Wait for it "
+                            f"to end (or remove {path} if that process is not a prepare)")
+        shutil.rmtree(path)
+        warnings.warn(f"removed {path}, left by an interrupted prepare (process {pid} is gone)", stacklevel=3)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def _manifest(source, options, splits: Splits, datasets: dict, normalizer, speech: bool, arrays: dict) -> dict:
