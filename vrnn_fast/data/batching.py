@@ -74,17 +74,6 @@ def _plan(rows: list[list[tuple[int, int, int]]], steps: int, carry: bool, finis
     return BatchPlan(np.array(parts, np.int64).reshape(-1, 4), len(rows), steps, carry, tuple(finished))
 
 
-def normalize_batch(x: np.ndarray, mask: np.ndarray, normalizer: Normalizer | None) -> Batch:
-    """Raw frames x (B, T, D) float32 -> normalised in place (the same float32 operations as
-    Normalizer.normalize), zero where ``mask`` (B, T) is False; as a Batch with carry=False."""
-    if normalizer is not None:
-        v = x[..., normalizer.raw_columns:]
-        v -= normalizer.mean
-        v /= normalizer.std
-    x[~mask] = 0
-    return Batch(torch.from_numpy(x), torch.from_numpy(mask), False)
-
-
 class _SequenceDataset:
     """Common batching over sequences i = 0..n-1 of ``lengths[i]`` steps, each read by ``_raw(i)`` (T_i, D).
 
@@ -179,7 +168,12 @@ class _SequenceDataset:
                 x[b, t: t + e - s] = held[i][s:e]
                 mask[b, t: t + e - s] = True
                 filled[b] += e - s
-        return normalize_batch(x, mask, self.normalizer)._replace(carry=plan.carry)
+        if self.normalizer is not None:  # in place: the same float32 operations as Normalizer.normalize
+            v = x[..., self.normalizer.raw_columns:]
+            v -= self.normalizer.mean
+            v /= self.normalizer.std
+        x[~mask] = 0
+        return Batch(torch.from_numpy(x), torch.from_numpy(mask), plan.carry)
 
     def batch_plans(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                     drop_last: bool = False) -> Iterator[BatchPlan]:
