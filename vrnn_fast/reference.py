@@ -25,7 +25,8 @@ from .op_checks import checked
 LOG_2PI = math.log(2.0 * math.pi)
 # Frames (tiled rows x T) per chunk of the importance-sampled log-likelihood, per device type.
 LL_CHUNK_FRAMES = {"cpu": 1024, "cuda": 65536}
-RHO_MAX = 1.0 - 1e-6  # |rho| = RHO_MAX * |tanh(.)| keeps 1 - rho^2 >= 2e-6 (no inf at saturated tanh)
+RHO_GAP = 1e-6  # |rho| = RHO_MAX * |tanh(.)| with RHO_MAX = 1 - RHO_GAP keeps 1 - rho^2 >= 2e-6 (no inf at saturation)
+RHO_MAX = 1.0 - RHO_GAP
 
 
 def sigma_from(a: Tensor, floor: float) -> Tensor:
@@ -95,22 +96,36 @@ def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask
     return _masked(nll, mask)
 
 
+def correlation_gap(rho_raw: Tensor) -> tuple[Tensor, Tensor]:
+    """rho = RHO_MAX tanh(rho_raw) as (sign, gap), rho = sign (1 - gap), with the gap 1 - |rho| free of cancellation:
+    1 - |rho| = RHO_GAP + RHO_MAX (1 - tanh|rho_raw|) and 1 - tanh|y| = 2e / (1 + e), e = exp(-2|y|).
+    (Rounding rho itself to float32, spacing 6e-8 near 1, would leave a gap of 1e-6 with up to 3% error.)"""
+    sign = torch.where(rho_raw >= 0, 1.0, -1.0).to(rho_raw.dtype)  # a constant for autograd: d|y|/dy = sign, also at 0
+    e = torch.exp(-2.0 * sign * rho_raw)
+    return sign, RHO_GAP + RHO_MAX * (2.0 * e / (1.0 + e))
+
+
 def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor, pen_logit: Tensor,
               floor: float, mask: Tensor | None = None) -> Tensor:
     """Handwriting NLL: bivariate GMM with correlation on (dx, dy) plus a Bernoulli pen bit.
 
     x (..., 3) = [pen, dx, dy]; mu, a (..., 2, K); rho_raw, logits (..., K); pen_logit (...).
-    rho = RHO_MAX * tanh(rho_raw); log N2 = -log 2pi - log s1 - log s2 - 0.5 log(1 - rho^2)
-    - (z1^2 + z2^2 - 2 rho z1 z2) / (2 (1 - rho^2)) with z = (x - mu) / s;
-    nll = -logsumexp_k [log pi_k + log N2_k] + BCE(pen_logit, pen). Returns (...).
+    rho = RHO_MAX tanh(rho_raw); log N2 = -log 2pi - log s1 - log s2 - 0.5 log w - q / (2w) with z = (x - mu) / s,
+    w = 1 - rho^2, q = z1^2 + z2^2 - 2 rho z1 z2; nll = -logsumexp_k [log pi_k + log N2_k] + BCE(pen_logit, pen).
+    Returns (...).
+
+    Evaluated without cancellation at |rho| -> 1 (float32 keeps its accuracy): with (sign, m = 1 - |rho|) from
+    ``correlation_gap``, w = m (2 - m) and q / w = z1^2 + v^2 / w, where v = z2 - rho z1 = sign (m z1 - (z1 - sign z2))
+    (z1 - sign z2 is exact where z2 ~ sign z1). Autograd through this form is stable too: it gives
+    d log N2 / d z2 = -v / w and d log N2 / d z1 = -(z1 - rho v / w), as ``kernels/densities.py`` writes them.
     """
     s = sigma_from(a, floor)
-    rho = RHO_MAX * torch.tanh(rho_raw)
     z = (x[..., 1:].unsqueeze(-1) - mu) / s  # (..., 2, K)
     z1, z2 = z[..., 0, :], z[..., 1, :]
-    one_m_rho2 = 1.0 - rho**2
-    log_n2 = (-LOG_2PI - torch.log(s).sum(-2) - 0.5 * torch.log(one_m_rho2)
-              - (z1**2 + z2**2 - 2.0 * rho * z1 * z2) / (2.0 * one_m_rho2))
+    sign, m = correlation_gap(rho_raw)
+    w = m * (2.0 - m)
+    v = sign * (m * z1 - (z1 - sign * z2))
+    log_n2 = -LOG_2PI - torch.log(s).sum(-2) - 0.5 * torch.log(w) - 0.5 * (z1**2 + v**2 / w)
     offsets_nll = -torch.logsumexp(torch.log_softmax(logits, dim=-1) + log_n2, dim=-1)
     pen_nll = F.binary_cross_entropy_with_logits(pen_logit, x[..., 0], reduction="none")
     return _masked(offsets_nll + pen_nll, mask)
@@ -215,8 +230,8 @@ class Decoder(nn.Module):
             mu_k, s_k = mu.gather(-1, pick).squeeze(-1), sigma.gather(-1, pick).squeeze(-1)  # (N, D or 2)
             eps = _randn(mu_k, generator)
             if self.kind == "bigmm":  # correlate the second coordinate
-                rho = (RHO_MAX * torch.tanh(rest[0])).gather(-1, comp)  # (N, 1)
-                eps = torch.stack([eps[:, 0], rho[:, 0] * eps[:, 0] + (1 - rho[:, 0] ** 2).sqrt() * eps[:, 1]], -1)
+                sign, gap = (t.gather(-1, comp)[:, 0] for t in correlation_gap(rest[0]))  # (N,)
+                eps = torch.stack([eps[:, 0], sign * (1 - gap) * eps[:, 0] + (gap * (2 - gap)).sqrt() * eps[:, 1]], -1)
             offsets = mu_k + s_k * eps
         if self.kind == "gmm":
             return offsets
