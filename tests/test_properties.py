@@ -131,12 +131,6 @@ def _errors(got: list, want: list) -> list:
 OP_NAMES = ("lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll", "gmm_nll", "bigmm_nll")
 
 
-def _min_lead(backend: str, op: str) -> int:
-    # Triton bigmm_nll without leading dims is a known bug (test_triton_bigmm_without_leading_dims): the other
-    # properties still cover it with leading dims.
-    return 1 if (backend, op) == ("triton", "bigmm_nll") else 0
-
-
 # ---- ops: finite and within the stated error ----------------------------------------------------------
 
 
@@ -144,7 +138,7 @@ def _min_lead(backend: str, op: str) -> int:
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_float64_ops_match_the_reference(backend, op):
     @PROPERTY
-    @given(op_cases(op, _min_lead(backend, op)))
+    @given(op_cases(op))
     def check(case):
         want = _run(TORCH_OPS, op, *case, torch.float64)
         got = _run(BACKENDS[backend], op, *case, torch.float64)
@@ -158,7 +152,7 @@ def test_float64_ops_match_the_reference(backend, op):
 def test_float32_ops_are_finite_and_within_2x_of_plain_pytorch(op):
     """Triton in float32 is at most 2x as far from the float64 reference as PyTorch in float32 (+ 2e-6 rel.)."""
     @PROPERTY
-    @given(op_cases(op, _min_lead("triton", op)))
+    @given(op_cases(op))
     def check(case):
         want = _run(TORCH_OPS, op, *case, torch.float64)
         plain = _errors(_run(TORCH_OPS, op, *case, torch.float32), want)
