@@ -85,6 +85,8 @@ def op_cases(draw, op: str, min_lead: int = 0):
         inputs = [t(n, kind="x"), t(n, kind="x"), t(n, kind="a")]
     elif op == "gmm_nll":
         inputs = [t(n, kind="x"), t(n, k, kind="x"), t(n, k, kind="a"), t(k, kind="logit")]
+    elif op == "bernoulli_nll":
+        inputs = [torch.from_numpy(_unit_values(rng, lead + (n,), regime)), t(n, kind="logit")]
     else:  # bigmm_nll
         x = t(3, kind="x")
         x[..., 0] = torch.from_numpy(np.asarray(rng.integers(0, 2, size=lead), dtype=np.float64))
@@ -96,10 +98,18 @@ def op_cases(draw, op: str, min_lead: int = 0):
     return inputs, floor, mask
 
 
+def _unit_values(rng: np.random.Generator, shape, regime: str) -> np.ndarray:
+    """Bernoulli data in [0, 1]: bits, and (regime "mixed") some fractional values, 0 and 1 included."""
+    bits = rng.integers(0, 2, size=shape).astype(np.float64)
+    return np.where(rng.random(shape) < 0.5, rng.uniform(size=shape), bits) if regime == "mixed" else bits
+
+
 def _call(ops, op: str, inputs, floor, mask):
     fn = getattr(ops, op)
     if op == "lstm_cell":
         return fn(*inputs)
+    if op == "bernoulli_nll":  # no sigma, no floor
+        return fn(*inputs, mask)
     return fn(*inputs, floor) if mask is None else fn(*inputs, floor, mask)
 
 
@@ -128,7 +138,7 @@ def _errors(got: list, want: list) -> list:
     return [(g - w).abs() for g, w in zip(got, want, strict=True)]
 
 
-OP_NAMES = ("lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll", "gmm_nll", "bigmm_nll")
+OP_NAMES = ("lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll", "gmm_nll", "bigmm_nll", "bernoulli_nll")
 
 
 # ---- ops: finite and within the stated error ----------------------------------------------------------
@@ -205,7 +215,7 @@ def test_triton_bigmm_without_leading_dims():
 # ---- ops: invalid input -------------------------------------------------------------------------------
 
 CORRUPTIONS = ("trailing_size", "int_dtype", "not_a_tensor", "leading_mismatch", "nan_floor", "negative_floor",
-               "inf_floor", "str_floor", "float_mask", "mask_shape")
+               "inf_floor", "str_floor", "float_mask", "mask_shape", "x_above_1", "x_below_0", "x_nan")
 
 
 @st.composite
@@ -215,6 +225,10 @@ def invalid_cases(draw, op: str):
     options = [c for c in CORRUPTIONS if op != "lstm_cell" or not ("floor" in c or "mask" in c)]
     if op == "reparameterize":
         options = [c for c in options if "mask" not in c]
+    if op == "bernoulli_nll":  # no floor; x has a range
+        options = [c for c in options if "floor" not in c]
+    else:
+        options = [c for c in options if not c.startswith("x_")]
     corruption = draw(st.sampled_from(options))
     inputs = list(inputs)
     live = sum(t is not None for t in inputs)  # the None pair of a standard-normal prior comes last
@@ -235,6 +249,13 @@ def invalid_cases(draw, op: str):
                  "str_floor": "1e-4"}[corruption]
     elif corruption == "mask_shape" and lead0 > 1:
         mask = torch.ones(lead0 + 1, *inputs[0].shape[1:-1], dtype=torch.bool)
+    elif corruption.startswith("x_"):  # one value of an unmasked frame of Bernoulli data out of [0, 1]
+        inputs[0] = inputs[0].clone()
+        inputs[0].view(-1, inputs[0].shape[-1])[0, -1] = {"x_above_1": 1.5, "x_below_0": -1e-6,
+                                                          "x_nan": float("nan")}[corruption]
+        if mask is not None:
+            mask = mask.clone()
+            mask.view(-1)[0] = True
     else:
         mask = torch.ones(inputs[0].shape[:-1], dtype=torch.float64)
     return inputs, floor, mask, corruption
@@ -263,7 +284,7 @@ def test_invalid_op_input_raises_value_error(backend, op):
 @st.composite
 def tiny_models(draw):
     """(config, x (B, T, D) float64, mask or None, seed) with edge-of-range data and options."""
-    output = draw(st.sampled_from(("gauss", "gmm", "bigmm")))
+    output = draw(st.sampled_from(("gauss", "gmm", "bigmm", "bernoulli")))
     sizes = {f"{b}_{s}": draw(st.integers(1, 4 if s == "dim" else 2)) for b in ("phi_x", "phi_z", "enc", "prior",
                                                                                  "dec") for s in ("dim", "layers")}
     cfg = VRNNConfig(x_dim=3 if output == "bigmm" else draw(st.integers(1, 4)), z_dim=draw(st.integers(1, 3)),
@@ -275,6 +296,8 @@ def tiny_models(draw):
     x = torch.from_numpy(_values(rng, (b, t, cfg.x_dim), "x", draw(st.sampled_from(("plain", "huge_x", "tiny_x")))))
     if output == "bigmm":
         x[..., 0] = torch.from_numpy(np.asarray(rng.integers(0, 2, size=(b, t)), dtype=np.float64))
+    if output == "bernoulli":
+        x = torch.from_numpy(_unit_values(rng, (b, t, cfg.x_dim), draw(st.sampled_from(("plain", "mixed")))))
     mask = None
     if draw(st.booleans()):
         mask = torch.from_numpy(np.asarray(rng.random((b, t)) < 0.7))

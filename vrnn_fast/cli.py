@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, help="sequences per batch (default: the training one)")
     e.add_argument("--max-batches", type=_positive_int, help="evaluate only the first batches (quick checks)")
     e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--per-frame", metavar="CSV",
+                   help="also write every frame's ELBO terms to this CSV file: rows sequence,step,kl,nll (-ELBO "
+                        "of the frame = kl + nll; sequences numbered from 0 in evaluation order, masked frames left "
+                        "out)")
     e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the noise draws")
     e.add_argument("--skip-bad", action="store_true", help="skip unreadable data files")
     e.add_argument("--whole-utterances", action="store_true",
@@ -169,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", formatter_class=fmt, help="generate speech (wav) or handwriting (PNG)",
                        description="Generate sequences from a zero state, batched: speech as de-normalised "
-                                   "int16 wav files at the training sample rate, handwriting as PNG drawings.")
+                                   "int16 wav files at the training sample rate, handwriting as PNG drawings, "
+                                   "Bernoulli-output models' frames as one (steps, D) .npy array per sequence.")
     _checkpoint_args(s)
     s.add_argument("--n", type=_positive_int, default=4, help="number of sequences")
     s.add_argument("--steps", type=_positive_int, default=160, help="steps per sequence (160 frames = 2 s)")
@@ -435,11 +441,25 @@ def _load(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .data import AudioConfig, open_splits
-    from .train import evaluate_model
-
     if args.json:
         _check_output(args.json, "--json", is_file=True)
+    if args.per_frame:
+        _check_output(args.per_frame, "--per-frame", is_file=True)
+    from .train import atomic_write
+
+    with atomic_write(args.per_frame) if args.per_frame else contextlib.nullcontext() as csv_file:
+        per_frame = None if csv_file is None else _FrameRows(csv_file)
+        _evaluate(args, per_frame)
+    if per_frame is not None:
+        print(f"wrote {args.per_frame} ({per_frame.rows} frames)")
+    return 0
+
+
+def _evaluate(args, per_frame) -> None:
+    """cmd_evaluate once the output paths are checked; ``per_frame``: the --per-frame rows' writer, or None."""
+    from .data import AudioConfig, open_splits
+    from .train import atomic_write, evaluate_model
+
     ckpt, model, normalizer, config = _load(args)
     info = ckpt["data"]
     audio = AudioConfig(**info["audio"]) if info.get("audio") else AudioConfig()
@@ -454,24 +474,40 @@ def cmd_evaluate(args) -> int:
     dataset = getattr(splits, args.split)
     batch = args.batch_size or ckpt["train_config"].batch_size or config.batch_size
     result = evaluate_model(model, dataset, batch, n_samples=args.n_samples, seed=args.seed, device=args.device,
-                            max_batches=args.max_batches)
+                            max_batches=args.max_batches, per_frame=per_frame)
     result = {"checkpoint": str(args.checkpoint), "split": args.split, "step": ckpt["progress"]["step"], **result}
     rows = [("ELBO", "elbo"), ("  KL", "kl"), ("  NLL", "nll")]
     print(f"{args.split} split of {source or 'the shipped speech set'}: {result['sequences']} sequences, "
           f"{result['frames']} frames (checkpoint step {result['step']})")
     print(f"{'':<24}{'per sequence':>16}{'per frame':>14}")
     for label, key in rows:
-        per_frame = result[f"{key}_per_frame"]
-        per_seq = result["elbo_per_sequence"] if key == "elbo" else per_frame * result["frames"] / result["sequences"]
-        print(f"{label:<24}{per_seq:>16.3f}{per_frame:>14.4f}")
+        frame_mean = result[f"{key}_per_frame"]
+        per_seq = result["elbo_per_sequence"] if key == "elbo" else frame_mean * result["frames"] / result["sequences"]
+        print(f"{label:<24}{per_seq:>16.3f}{frame_mean:>14.4f}")
     if args.n_samples:
         print(f"{f'log-likelihood (IS, {args.n_samples})':<24}{result['log_likelihood_per_sequence']:>16.3f}"
               f"{result['log_likelihood_per_frame']:>14.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with atomic_write(args.json) as f:
+            f.write(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
+
+
+class _FrameRows:
+    """evaluate_model's per_frame callback: CSV rows ``sequence,step,kl,nll`` of every unmasked frame, sequences
+    numbered in evaluation order; values in full float64 precision (kl + nll summed over a sequence's rows is
+    its -ELBO)."""
+
+    def __init__(self, f):
+        self.writer, self.sequences, self.rows = csv.writer(f, lineterminator="\n"), 0, 0
+        self.writer.writerow(["sequence", "step", "kl", "nll"])
+
+    def __call__(self, kl, nll, mask) -> None:
+        b, t = mask.nonzero(as_tuple=True)  # row-major: a sequence's frames in step order
+        self.writer.writerows(zip((b + self.sequences).tolist(), t.tolist(), kl[b, t].tolist(), nll[b, t].tolist(),
+                                  strict=True))
+        self.sequences += mask.shape[0]
+        self.rows += len(b)
 
 
 def cmd_sample(args) -> int:
@@ -486,6 +522,10 @@ def cmd_sample(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if config.output == "bigmm":
         paths = [_draw_strokes(seq, out / f"sample_{i:03d}.png") for i, seq in enumerate(x)]
+    elif config.output == "bernoulli":  # bits (or with --mean probabilities), one (steps, D) array per sequence
+        paths = [out / f"sample_{i:03d}.npy" for i in range(len(x))]
+        for path, seq in zip(paths, x, strict=True):
+            np.save(path, seq)
     else:
         import soundfile as sf
 
@@ -497,7 +537,8 @@ def cmd_sample(args) -> int:
             wave = np.clip(seq.reshape(-1), -1.0, 1.0)
             sf.write(str(path), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16")
             paths.append(path)
-    print(f"wrote {len(paths)} {'PNG' if config.output == 'bigmm' else 'wav'} files to {out}")
+    kind = {"bigmm": "PNG", "bernoulli": "npy"}.get(config.output, "wav")
+    print(f"wrote {len(paths)} {kind} files to {out}")
     return 0
 
 
@@ -527,8 +568,9 @@ def cmd_analyze(args) -> int:
 
     _check_output(args.out, "--out", is_file=True)
     ckpt, model, normalizer, config = _load(args)
-    if config.output == "bigmm":
-        raise ValueError(f"analyze works on speech models; {args.checkpoint} is a handwriting model")
+    if config.output in ("bigmm", "bernoulli"):
+        what = "a handwriting" if config.output == "bigmm" else "a Bernoulli-output"
+        raise ValueError(f"analyze works on speech models; {args.checkpoint} is {what} model")
     if not config.has_latent:
         raise ValueError(f"analyze needs a latent-variable model; {args.checkpoint} is an RNN baseline (no z)")
     rate = (ckpt["data"].get("audio") or {}).get("sample_rate", 16000)
