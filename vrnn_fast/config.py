@@ -173,6 +173,8 @@ def _build_presets() -> dict[str, VRNNConfig]:
     p["tiny"] = VRNNConfig(x_dim=200, z_dim=16, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
     p["tiny-handwriting"] = VRNNConfig(x_dim=3, z_dim=8, h_dim=64, **tiny_mlps, output="bigmm", n_mix=5,
                                        batch_size=16, lr=1e-3)
+    # Any series: `vrnn-fast train --kind series` sets x_dim to the data's number of features.
+    p["tiny-series"] = VRNNConfig(x_dim=1, z_dim=8, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
     return p
 
 
