@@ -1,6 +1,6 @@
 """Data pipeline throughput (CPU group): frames/s delivered to a training loop (no model) by shuffled
 ``iter_batches(64)`` passes over 0.5 s segments (T 40) of 16 kHz speech, from a frame store
-(``vrnn_fast.store``), from the cached path (a corpus under ``data.CACHE_BYTES``, decoded once) and from the
+(``vrnn_fast.data.store``), from the cached path (a corpus under ``batching.CACHE_BYTES``, decoded once) and from the
 lazy path (files decoded for every pass, as for a corpus over the cache limit). One call = one pass.
 """
 
@@ -11,7 +11,7 @@ import torch
 sf = pytest.importorskip("soundfile", reason="the data pipeline needs soundfile (the GPU image has none)")
 
 from vrnn_fast import data  # noqa: E402
-from vrnn_fast.store import prepare  # noqa: E402
+from vrnn_fast.data import batching, prepare  # noqa: E402
 
 RATE, BATCH, FILES, SECONDS = 16000, 64, 120, 3.0  # 6 min of speech: 28,800 frames, 720 segments a pass
 ROUNDS, WARMUP = 3, 1
@@ -36,7 +36,7 @@ def corpus(tmp_path_factory):
 def test_cpu_data_batches(measure, corpus, monkeypatch, provider):
     source, store = corpus
     if provider == "lazy":
-        monkeypatch.setattr(data, "CACHE_BYTES", 0)
+        monkeypatch.setattr(batching, "CACHE_BYTES", 0)
     train = data.open_splits(store if provider == "store" else source).train
     epoch = iter(range(10**6))
 
@@ -53,9 +53,8 @@ def test_cpu_data_batches(measure, corpus, monkeypatch, provider):
 PREPARE_CACHE_MIB, PREPARE_FILES = 32, 70  # 70 files of 30 s: 134 MiB of float32 frames, 4.2x the limit
 _PREPARE = """
 import json, resource, sys, time
-from vrnn_fast import data  # noqa: E402
-from vrnn_fast.store import prepare  # noqa: E402
-data.CACHE_BYTES = {cache} * 2**20
+from vrnn_fast.data import batching, prepare
+batching.CACHE_BYTES = {cache} * 2**20
 before = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 start = time.perf_counter()
 store = prepare(sys.argv[1], sys.argv[2], progress=False)

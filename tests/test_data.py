@@ -500,7 +500,7 @@ def test_damaged_flac_data_behind_a_good_header(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="damaged.flac"):
         s = open_splits(root, skip_bad=True)
     assert [f.name for f, _ in s.skipped] == ["damaged.flac"]
-    monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)  # a large corpus: headers only, files read per batch
+    monkeypatch.setattr("vrnn_fast.data.batching.CACHE_BYTES", 0)  # a large corpus: headers only, files read per batch
     s = open_splits(root, normalizer=Normalizer(0.0, 1.0))
     ds = next(d for d in (s.train, s.valid, s.test) if flac in d.files)
     with pytest.raises(DataError, match="damaged.flac"):
@@ -510,7 +510,7 @@ def test_damaged_flac_data_behind_a_good_header(tmp_path, monkeypatch):
 def test_lazy_reading_gives_the_same_batches(tmp_path, monkeypatch):
     root = speech_folder(tmp_path / "s", 10, rate=8000, samples=5000)
     cached = open_splits(root)
-    monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)
+    monkeypatch.setattr("vrnn_fast.data.batching.CACHE_BYTES", 0)
     lazy = open_splits(root)
     assert lazy.train._cache is None and cached.train._cache is not None
     assert lazy.normalizer.mean == pytest.approx(cached.normalizer.mean)

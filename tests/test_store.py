@@ -1,4 +1,4 @@
-"""Tests of vrnn_fast.store: source -> store -> batches equals the direct path, damaged stores are refused,
+"""Tests of vrnn_fast.data.store: source -> store -> batches equals the direct path, damaged stores are refused,
 an interrupted prepare leaves no store, a finished one is kept, and the CLI trains and resumes from a store."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from vrnn_fast.cli import main
 from vrnn_fast.data import AudioConfig, DataError, Normalizer, open_splits
-from vrnn_fast.store import decode_audio, encode_audio, open_store, prepare
+from vrnn_fast.data.store import decode_audio, encode_audio, open_store, prepare
 from vrnn_fast.train import read_checkpoint
 
 QUANT = 1 / 32768  # the stated int16 round-trip error, of full scale, before normalisation
@@ -61,7 +61,7 @@ def test_int16_round_trip_error_is_within_one_step():
 @pytest.mark.parametrize("lazy", [False, True])
 def test_speech_store_gives_the_direct_batches(tmp_path, monkeypatch, lazy):
     if lazy:  # a corpus over the cache limit: read file by file, at prepare as in the direct path
-        monkeypatch.setattr("vrnn_fast.data.CACHE_BYTES", 0)
+        monkeypatch.setattr("vrnn_fast.data.batching.CACHE_BYTES", 0)
     src = speech(tmp_path / "src")
     store = prepare(src, tmp_path / "store", seed=3, progress=False)
     assert store.frames["train"].dtype == np.int16 and store.seed == 3
@@ -148,14 +148,14 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of the writer
         return encode_audio(frames)
 
-    monkeypatch.setattr("vrnn_fast.store.encode_audio", failing)
+    monkeypatch.setattr("vrnn_fast.data.store.encode_audio", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "out" / "store", progress=False)
     assert list((tmp_path / "out").iterdir()) == []  # neither the store nor its temporary folder
     left = tmp_path / "out" / f"store.tmp-{os.getpid()}"  # what a killed prepare leaves: not a store
     left.mkdir()
     (left / "train.frames.npy").write_bytes(b"\x93NUMPY")
-    with pytest.raises(DataError, match="no audio files"):
+    with pytest.raises(DataError, match="arrays of a frame store but no manifest.json"):
         open_splits(left)
     with pytest.raises(DataError, match="not a frame store"):
         open_store(left)

@@ -178,6 +178,8 @@ def _build_presets() -> dict[str, VRNNConfig]:
     # Binary frames of 88 (piano keys: the piano-roll size of the polyphonic-music literature), Bernoulli output.
     p["tiny-bernoulli"] = VRNNConfig(x_dim=88, z_dim=16, h_dim=64, **tiny_mlps, output="bernoulli",
                                      batch_size=16, lr=1e-3)
+    # Any series: `vrnn-fast train --kind series` sets x_dim to the data's number of features.
+    p["tiny-series"] = VRNNConfig(x_dim=1, z_dim=8, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
     return p
 
 
