@@ -156,7 +156,8 @@ def linears(config: VRNNConfig) -> list[Linear]:
     out += _mlp("dec", dec_in, c.dec_dim, c.dec_layers, False)
     k, d = c.n_mix, c.x_dim
     heads = {"gauss": {"mu": d, "sigma": d}, "gmm": {"mu": d * k, "sigma": d * k, "coeff": k},
-             "bigmm": {"mu": 2 * k, "sigma": 2 * k, "corr": k, "coeff": k, "pen": 1}}[c.output]
+             "bigmm": {"mu": 2 * k, "sigma": 2 * k, "corr": k, "coeff": k, "pen": 1},
+             "bernoulli": {"logits": d}}[c.output]
     out += [Linear(f"dec.{head}", c.dec_dim, size, False, size) for head, size in heads.items()]
     return out
 

@@ -3,6 +3,7 @@ input turning into `error: ...` with exit code 2 (no traceback)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -92,6 +93,60 @@ def test_evaluate_prints_table_and_writes_json(speech_run, capsys, tmp_path):
     assert code == 0 and whole["frames"] == result["frames"] and whole["sequences"] < result["sequences"]
 
 
+def test_evaluate_per_frame_rows_sum_to_the_reported_elbo(speech_run, capsys, tmp_path):
+    """Whole utterances of different lengths in batches of 3: padded (masked) frames are left out, every other
+    frame is one row, and the rows add up to the ELBO, KL and NLL evaluate reports."""
+    _, out = speech_run
+    ragged = tmp_path / "ragged"
+    ragged.mkdir()
+    t = np.arange(int(0.9 * RATE)) / RATE
+    for i in range(8):
+        wave = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t[: int((0.3 + 0.08 * i) * RATE)])
+        sf.write(str(ragged / f"utt{i:02d}.wav"), wave.astype(np.float32), RATE, subtype="PCM_16")
+    code, text, _ = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--data", ragged, "--split",
+                        "train", "--whole-utterances", "--batch-size", "3", "--n-samples", "2", "--json",
+                        tmp_path / "r.json", "--per-frame", tmp_path / "scores" / "frames.csv")
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    with open(tmp_path / "scores" / "frames.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["sequence", "step", "kl", "nll"] and len(rows) - 1 == result["frames"]
+    assert f"frames.csv ({result['frames']} frames)" in text
+    seqs: dict[int, list] = {}
+    for s, step, kl, nll in rows[1:]:
+        seqs.setdefault(int(s), []).append((int(step), float(kl), float(nll)))
+    assert sorted(seqs) == list(range(result["sequences"]))
+    lengths = [len(v) for v in seqs.values()]
+    assert len(set(lengths)) == len(lengths) > 3  # ragged: batches of 3 were padded
+    for frames in seqs.values():
+        assert [step for step, _, _ in frames] == list(range(len(frames)))
+    elbos = [-sum(kl + nll for _, kl, nll in frames) for frames in seqs.values()]
+    assert np.mean(elbos) == pytest.approx(result["elbo_per_sequence"], rel=1e-6)  # evaluate sums float32 ELBOs
+    total_kl = sum(kl for frames in seqs.values() for _, kl, _ in frames)
+    assert total_kl / result["frames"] == pytest.approx(result["kl_per_frame"], rel=1e-12) and total_kl > 0
+    total_nll = sum(nll for frames in seqs.values() for _, _, nll in frames)
+    assert total_nll / result["frames"] == pytest.approx(result["nll_per_frame"], rel=1e-12)
+
+
+def test_evaluate_per_frame_is_written_atomically(speech_run, capsys, tmp_path, monkeypatch):
+    """An evaluation that fails halfway leaves the previous file as it was and no temporary file."""
+    import vrnn_fast.train
+
+    _, out = speech_run
+    target = tmp_path / "frames.csv"
+    target.write_text("previous\n")
+
+    def fail_halfway(*args, per_frame, **kwargs):
+        per_frame(torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64),
+                  torch.ones(2, 3, dtype=torch.bool))
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(vrnn_fast.train, "evaluate_model", fail_halfway)
+    code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--per-frame", target)
+    _assert_clean_error(code, err, "disk went away")
+    assert target.read_text() == "previous\n" and [p.name for p in tmp_path.iterdir()] == ["frames.csv"]
+
+
 def test_sample_writes_16khz_int16_wavs(speech_run, capsys, tmp_path):
     _, out = speech_run
     code, text, _ = run(capsys, "sample", "--checkpoint", out / "checkpoint.pt", "--n", "3", "--steps", "5",
@@ -173,6 +228,30 @@ def test_handwriting_train_sample_and_analyze_refusal(tmp_path, capsys):
     assert code == 2 and "handwriting model" in err
 
 
+def test_bernoulli_model_sample_and_analyze_refusal(tmp_path, capsys):
+    """A Bernoulli-output checkpoint (the Trainer on binary frames): sample writes one (steps, D) .npy of bits per
+    sequence (probabilities with --mean); analyze refuses it."""
+    from test_train import ArrayDataset, small_config
+
+    from vrnn_fast.data import Normalizer
+    from vrnn_fast.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    data = ArrayDataset([(rng.random((int(n), 5)) < 0.3).astype(np.float32) for n in rng.integers(2, 7, size=8)])
+    config = TrainConfig(steps=3, out_dir=str(tmp_path / "run"), checkpoint_every=1000, device="cpu")
+    Trainer(small_config(output="bernoulli"), config, data, None, Normalizer(0.0, 1.0)).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    code, text, _ = run(capsys, "sample", "--checkpoint", ckpt, "--n", "3", "--steps", "4", "--out", tmp_path / "s")
+    assert code == 0 and "wrote 3 npy files" in text
+    bits = [np.load(tmp_path / "s" / f"sample_{i:03d}.npy") for i in range(3)]
+    assert all(b.shape == (4, 5) for b in bits) and set(np.unique(bits).tolist()) == {0.0, 1.0}
+    assert run(capsys, "sample", "--checkpoint", ckpt, "--n", "1", "--mean", "--out", tmp_path / "m")[0] == 0
+    probabilities = np.load(tmp_path / "m" / "sample_000.npy")
+    assert probabilities.shape == (160, 5) and ((probabilities > 0) & (probabilities < 1)).all()
+    code, _, err = run(capsys, "analyze", "--checkpoint", ckpt, "--input", tmp_path / "any.wav")
+    _assert_clean_error(code, err, "Bernoulli-output model")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Help and bad input
 
@@ -187,7 +266,7 @@ def test_module_help_in_subprocess():
 @pytest.mark.parametrize("command, options", [
     ("train", ["--data", "--preset", "--resume", "--tbptt", "--paper-faithful", "--kl-warmup", "--bf16",
                "--skip-bad", "--sample-rate", "--segment-seconds", "--whole-utterances"]),
-    ("evaluate", ["--checkpoint", "--split", "--n-samples", "--json"]),
+    ("evaluate", ["--checkpoint", "--split", "--n-samples", "--json", "--per-frame"]),
     ("sample", ["--checkpoint", "--n", "--steps", "--mean", "--out", "--seed"]),
     ("analyze", ["--checkpoint", "--input", "--out"]),
 ])
@@ -332,6 +411,10 @@ def test_output_paths_are_checked_before_any_work(speech_run, capsys, tmp_path, 
     _assert_clean_error(code, err, "--json", "is a file, not a folder")
     code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--json", tmp_path)
     _assert_clean_error(code, err, "--json", "is a folder")
+    code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--per-frame", blocker / "f.csv")
+    _assert_clean_error(code, err, "--per-frame", "is a file, not a folder")
+    code, _, err = run(capsys, "evaluate", "--checkpoint", out / "checkpoint.pt", "--per-frame", tmp_path)
+    _assert_clean_error(code, err, "--per-frame", "is a folder")
     code, _, err = run(capsys, "analyze", "--checkpoint", out / "checkpoint.pt", "--input", data / "utt00.wav",
                        "--out", blocker / "a.png")
     _assert_clean_error(code, err, "--out", "is a file, not a folder")

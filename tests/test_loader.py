@@ -21,20 +21,23 @@ import torch.multiprocessing as mp
 from test_store import ink, same_batches, speech, store_atol
 from test_train import params, small_config, strokes
 
-from vrnn_fast.data import batching, open_splits, prepare
+from vrnn_fast.data import batching, open_splits, prepare, save_npz
 from vrnn_fast.data.loader import BatchStream, loader, rank_rows
 from vrnn_fast.data.store import SplitReader
 from vrnn_fast.train import TrainConfig, Trainer, read_checkpoint, run_lock
 
-PROVIDERS = ("store", "cached", "lazy", "ink")
+PROVIDERS = ("store", "cached", "lazy", "ink", "series")
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """A speech folder (12 files), its frame store and a handwriting folder (14 drawings)."""
+    """A speech folder (12 files), its frame store, a handwriting folder (14 drawings) and an .npz of 30 series
+    (5 features each, a per-feature normaliser)."""
     root = tmp_path_factory.mktemp("loader")
     prepare(speech(root / "src"), root / "store", progress=False)
     ink(root / "ink", n=14)
+    rng = np.random.default_rng(2)
+    save_npz(root / "series.npz", [rng.normal(size=(int(rng.integers(3, 12)), 5)) * [1, 2, 3, 4, 5] for _ in range(30)])
     return root
 
 
@@ -44,6 +47,8 @@ def open_train(root, provider: str):
         with pytest.MonkeyPatch.context() as m:
             m.setattr(batching, "CACHE_BYTES", 0)
             return open_splits(root / "src").train
+    if provider == "series":
+        return open_splits(root / "series.npz", segment_steps=4).train
     return open_splits(root / {"store": "store", "cached": "src", "ink": "ink"}[provider]).train
 
 

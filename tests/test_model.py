@@ -8,7 +8,7 @@ import torch
 from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig
 
 MODELS = ["vrnn", "vrnn-i", "rnn"]
-OUTPUTS = ["gauss", "gmm", "bigmm"]
+OUTPUTS = ["gauss", "gmm", "bigmm", "bernoulli"]
 
 
 def small_config(model="vrnn", output="gauss", **changes):
@@ -24,6 +24,9 @@ def make_batch(cfg, batch=4, steps=9, seed=0, dtype=torch.float64):
     x = torch.randn(batch, steps, cfg.x_dim, generator=g, dtype=dtype)
     if cfg.output == "bigmm":
         x[..., 0] = (torch.rand(batch, steps, generator=g) < 0.3).to(dtype)
+    if cfg.output == "bernoulli":  # binary frames, and fractional ones (valid: x in [0, 1])
+        x = torch.rand(batch, steps, cfg.x_dim, generator=g, dtype=dtype)
+        x[:2] = (x[:2] < 0.3).to(dtype)
     lengths = torch.tensor([steps, steps - 3, 1, steps - 1][:batch])
     mask = torch.arange(steps)[None] < lengths[:, None]
     noise = torch.randn(batch, steps, cfg.z_dim, generator=g, dtype=dtype) if cfg.has_latent else None
@@ -148,7 +151,8 @@ def test_importance_sampling_is_at_least_the_elbo_on_average():
     assert (is40 - elbo < net(x, mask).kl.sum(1) + 1.0).all()
 
 
-@pytest.mark.parametrize("model, output", [("vrnn", "gauss"), ("vrnn-i", "gmm"), ("rnn", "bigmm"), ("vrnn", "bigmm")])
+@pytest.mark.parametrize("model, output", [("vrnn", "gauss"), ("vrnn-i", "gmm"), ("rnn", "bigmm"), ("vrnn", "bigmm"),
+                                           ("vrnn", "bernoulli"), ("rnn", "bernoulli")])
 def test_sample_shapes_and_determinism(model, output):
     cfg = small_config(model, output)
     net = FastVRNN(cfg)
@@ -161,6 +165,9 @@ def test_sample_shapes_and_determinism(model, output):
     assert mean.shape == (3, 4, cfg.x_dim)
     if output == "bigmm":
         assert set(s1[..., 0].unique().tolist()) <= {0.0, 1.0}
+    if output == "bernoulli":  # draws are bits; the mean output is the probabilities, in (0, 1)
+        assert set(s1.unique().tolist()) == {0.0, 1.0}
+        assert ((mean > 0) & (mean < 1)).all() and not set(mean.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_sample_mean_output_of_a_gaussian_decoder_is_its_mean():
@@ -222,3 +229,46 @@ def test_bad_backend_and_config():
         FastVRNN(small_config(), backend="cuda")
     with pytest.raises(ValueError, match="VRNNConfig"):
         ReferenceVRNN({"x_dim": 3})
+
+
+def test_bernoulli_log_likelihood_against_quadrature():
+    """One step, Z = 1: log p(x) = log int N(z; prior) prod_d Bernoulli(x_d; sigmoid(dec(z))) dz by quadrature on
+    a fine grid; the 4 binary frames' p(x) sum to 1, and the importance-sampled estimate converges to it."""
+    cfg = small_config("vrnn", "bernoulli", x_dim=2, z_dim=1, init_scale=1.0)
+    torch.manual_seed(0)
+    net = FastVRNN(cfg).double()
+    with torch.no_grad():  # a decoder that depends strongly on z, so the integral is not a constant, and a
+        net.decoder.logits.weight.mul_(2.0)  # proposal q = N(0.3, 1.46^2) wider than the prior N(0, 1.04^2)
+        for head, bias in ((net.encoder.mu, 0.3), (net.encoder.sigma, 1.2)):
+            head.weight.zero_()
+            head.bias.fill_(bias)
+    frames = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    h0 = torch.zeros(1, cfg.h_dim, dtype=torch.float64)
+    with torch.no_grad():
+        mu_p, a_p = net.prior(h0)
+        s_p = torch.nn.functional.softplus(a_p) + cfg.sigma_floor
+        z = mu_p + s_p * torch.linspace(-12, 12, 20001, dtype=torch.float64)[:, None]  # (G, 1)
+        log_prior = torch.distributions.Normal(mu_p, s_p).log_prob(z)[:, 0]
+        dec_in = torch.cat([net.phi_z(z), h0.expand(len(z), -1)], -1)
+        logits = net.decoder.params(dec_in)[0]  # (G, 2)
+        log_px = torch.stack([torch.trapezoid((log_prior - net.decoder.nll(f.expand(len(z), 2), dec_in, 0.0)).exp(),
+                                              z[:, 0]).log() for f in frames])
+    assert logits.abs().max() > 5
+    torch.testing.assert_close(log_px.exp().sum(), torch.tensor(1.0, dtype=torch.float64), rtol=1e-9, atol=0)
+    noise = torch.randn(20000, 4, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    estimate = net.log_likelihood(frames[:, None], n_samples=len(noise), noise=noise, max_frames=len(noise) * 4)
+    torch.testing.assert_close(estimate, log_px, rtol=0, atol=0.05)  # 20000 samples: errors ~0.015 over seeds
+
+
+def test_bernoulli_model_refuses_data_outside_0_1_but_not_padding():
+    cfg = small_config("vrnn", "bernoulli")
+    net = FastVRNN(cfg).double()
+    x, mask, noise = make_batch(cfg)
+    padded = x.clone()
+    padded[~mask] = 5.0  # padding is not scored, so not checked
+    torch.testing.assert_close(net(padded, mask, noise).elbo, net(x, mask, noise).elbo, rtol=0, atol=0)
+    for cls in (ReferenceVRNN, FastVRNN):
+        with pytest.raises(ValueError, match=r"x \(output='bernoulli'\) must lie in \[0, 1\]"):
+            cls(cfg).double()(padded, None, noise)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            cls(cfg).double().log_likelihood(x - 0.5, mask, n_samples=2)

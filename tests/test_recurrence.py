@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("nan_outputs")  # buffers the op never writ
 BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 without a GPU (tests/conftest.py)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODELS = ["vrnn", "vrnn-i", "rnn"]
-OUTPUTS = ["gauss", "gmm", "bigmm"]
+OUTPUTS = ["gauss", "gmm", "bigmm", "bernoulli"]
 
 
 def op_inputs(latent=True, T=4, B=3, H=5, E=6, Z=3, F=4, L_e=2, L_z=2, masked=True, seed=0):
@@ -98,6 +98,9 @@ def model_batch(cfg, B=4, T=7, seed=0):
     x = torch.randn(B, T, cfg.x_dim, generator=g, dtype=torch.float64)
     if cfg.output == "bigmm":
         x[..., 0] = (torch.rand(B, T, generator=g) < 0.3).double()
+    if cfg.output == "bernoulli":  # binary frames, and fractional ones (valid: x in [0, 1])
+        x = torch.rand(B, T, cfg.x_dim, generator=g, dtype=torch.float64)
+        x[:2] = (x[:2] < 0.3).double()
     mask = torch.arange(T)[None] < torch.tensor([T, T - 3, 1, T - 1])[:B, None]
     noise = torch.randn(B, T, cfg.z_dim, generator=g, dtype=torch.float64) if cfg.has_latent else None
     state = tuple(torch.randn(B, cfg.h_dim, generator=g, dtype=torch.float64) * 0.5 for _ in range(2))
@@ -141,9 +144,10 @@ def test_model_matches_reference_float64(model, output, backend, monkeypatch):
         from vrnn_fast.kernels import densities, gaussian
         from vrnn_fast.kernels import recurrence as kernels
 
-        density = {"gauss": "gaussian_nll", "gmm": "gmm_nll", "bigmm": "bigmm_nll"}[output]
+        # (the Bernoulli density is PyTorch in the Triton op set: no kernel to count)
+        density = {"gauss": "gaussian_nll", "gmm": "gmm_nll", "bigmm": "bigmm_nll"}.get(output)
         step_calls = count_calls(monkeypatch, kernels, ["gates_cell_fwd", "cell_bwd", "head_fwd", "head_bwd"])
-        density_calls = count_calls(monkeypatch, densities, [f"{density}_fwd", f"{density}_bwd"])
+        density_calls = count_calls(monkeypatch, densities, [f"{density}_fwd", f"{density}_bwd"] if density else [])
         kl_calls = count_calls(monkeypatch, gaussian, ["kl_fwd", "kl_bwd"])
     got, got_grads, *got_data = run(fast, *batch)
     if backend == "triton":
@@ -151,7 +155,7 @@ def test_model_matches_reference_float64(model, output, backend, monkeypatch):
         assert step_calls == {"gates_cell_fwd": T, "cell_bwd": T, **dict.fromkeys(["head_fwd", "head_bwd"],
                                                                                   T if cfg.has_latent else 0)}
         # all steps at once; the log-weights add forward-only density calls
-        assert density_calls[f"{density}_bwd"] == 1 <= density_calls[f"{density}_fwd"], density_calls
+        assert not density or density_calls[f"{density}_bwd"] == 1 <= density_calls[f"{density}_fwd"], density_calls
         assert set(kl_calls.values()) == {int(cfg.has_latent)}, kl_calls
     tol = dict(rtol=1e-9, atol=1e-10)
     for name in ("loss", "kl", "nll", "elbo", "log_weight", "z_mean", "z_std"):
@@ -204,9 +208,11 @@ def test_the_op_never_syncs_with_the_host(backend, latent):
     assert counted.aten > 0 and not counted.syncs, counted.syncs
 
 
-def test_compiled_fullgraph_matches_eager():
-    """The op is opaque to the compiler and nothing around it breaks the graph (the input checks included)."""
-    cfg = VRNNConfig.preset("tiny", output="gmm")
+@pytest.mark.parametrize("output", ["gmm", "bernoulli"])
+def test_compiled_fullgraph_matches_eager(output):
+    """The op is opaque to the compiler and nothing around it breaks the graph (the input checks included: x in
+    [0, 1] for a Bernoulli output too)."""
+    cfg = VRNNConfig.preset("tiny", output=output)
     torch.manual_seed(0)
     net = FastVRNN(cfg, backend="torch").double()
     x, mask, noise = (t.double() if t.is_floating_point() else t for t in model_batch(cfg, T=5)[:3])
@@ -227,6 +233,9 @@ def test_compiled_fullgraph_matches_eager():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-9, atol=1e-12, msg=n)
     with pytest.raises(RuntimeError, match="x contains NaN or inf"):  # checked on the device, no graph break
         compiled(torch.full_like(x, float("nan")), mask, noise)
+    if output == "bernoulli":
+        with pytest.raises(RuntimeError, match=r"must lie in \[0, 1\]"):
+            compiled(x + 2.0, mask, noise)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,6 +16,8 @@ from torch.distributions import (
 from vrnn_fast import ReferenceVRNN, VRNNConfig
 from vrnn_fast.reference import (
     RHO_MAX,
+    TORCH_OPS,
+    bernoulli_nll,
     bigmm_nll,
     gaussian_kl,
     gaussian_nll,
@@ -84,6 +86,58 @@ def test_bivariate_gmm_with_pen_matches_torch_distributions():
     mix = MixtureSameFamily(Categorical(logits=logits), MultivariateNormal(mu.transpose(1, 2), covariance_matrix=cov))
     expected = -mix.log_prob(x[:, 1:]) - Bernoulli(logits=pen_logit).log_prob(x[:, 0])
     torch.testing.assert_close(bigmm_nll(x, mu, a, rho_raw, logits, pen_logit, FLOOR), expected)
+
+
+def test_bernoulli_nll_matches_torch_distributions_and_bce():
+    torch.manual_seed(5)
+    logits = torch.randn(4, 6, 21, **f64) * 3
+    bits = (torch.rand(4, 6, 21, **f64) < 0.3).double()
+    want = -Independent(Bernoulli(logits=logits), 1).log_prob(bits)  # exact for binary data
+    torch.testing.assert_close(bernoulli_nll(bits, logits), want, rtol=1e-12, atol=1e-12)
+    frac = torch.rand(4, 6, 21, **f64)  # data in [0, 1]: the summed BCE-with-logits
+    bce = F.binary_cross_entropy_with_logits(logits, frac, reduction="none").sum(-1)
+    torch.testing.assert_close(bernoulli_nll(frac, logits), bce, rtol=1e-12, atol=1e-12)
+    mask = torch.rand(4, 6) < 0.5
+    torch.testing.assert_close(bernoulli_nll(frac, logits, mask), torch.where(mask, bernoulli_nll(frac, logits), 0.0),
+                               rtol=0, atol=0)
+
+
+def _triton_ops():
+    from vrnn_fast.triton_ops import TRITON_OPS  # CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py)
+
+    return TRITON_OPS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ops", ["torch", "triton"])
+def test_bernoulli_nll_is_exact_at_extreme_logits(ops, dtype):
+    """|logit| = 1e4 (and 50, 0): the loss and both gradients against their closed forms, all finite. Per element,
+    nll = (1 - x) softplus(l) + x softplus(-l), d/dl = sigmoid(l) - x, d/dx = -l."""
+    fn = (TORCH_OPS if ops == "torch" else _triton_ops()).bernoulli_nll
+    l_vals = torch.tensor([1e4, -1e4, 50.0, -50.0, 0.0], dtype=torch.float64)
+    x_vals = torch.tensor([0.0, 1.0, 0.25], dtype=torch.float64)
+    lv, xv = (t.reshape(-1, 1) for t in torch.meshgrid(l_vals, x_vals, indexing="ij"))  # (15, 1): one per row
+    logits, x = lv.to(dtype).requires_grad_(), xv.to(dtype).requires_grad_()
+    nll = fn(x, logits)
+    nll.sum().backward()
+    want = ((1 - xv) * F.softplus(lv) + xv * F.softplus(-lv))[:, 0]  # float64: softplus(1e4) = 1e4 exactly
+    assert torch.isfinite(nll).all() and torch.isfinite(logits.grad).all() and torch.isfinite(x.grad).all()
+    assert nll.dtype == dtype
+    torch.testing.assert_close(nll.double(), want, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+    torch.testing.assert_close(logits.grad.double(), torch.sigmoid(lv) - xv, rtol=0, atol=1e-7)
+    torch.testing.assert_close(x.grad.double(), -lv, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ops", ["torch", "triton"])
+@pytest.mark.parametrize("bad", [1.5, -1e-6, float("nan")])
+def test_bernoulli_nll_refuses_data_outside_0_1(ops, bad):
+    fn = (TORCH_OPS if ops == "torch" else _triton_ops()).bernoulli_nll
+    x, logits = torch.rand(3, 4), torch.randn(3, 4)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match=r"bernoulli_nll: x must lie in \[0, 1\]"):
+        fn(x, logits)
+    mask = torch.tensor([True, False, True])  # a padded frame is not scored, so not checked
+    torch.testing.assert_close(fn(x, logits, mask)[[0, 2]], bernoulli_nll(x[[0, 2]], logits[[0, 2]]))
 
 
 def test_masks_zero_losses_and_gradients():

@@ -24,6 +24,7 @@ CONFIGS = {
     "tiny-vrnn-i": VRNNConfig.preset("tiny", model="vrnn-i", **_DEEP),
     "tiny-rnn": VRNNConfig.preset("tiny", model="rnn", **_DEEP),
     "tiny-handwriting": VRNNConfig.preset("tiny-handwriting", **_DEEP),
+    "tiny-bernoulli": VRNNConfig.preset("tiny-bernoulli", **_DEEP),
 }
 B, T = 3, 5
 
@@ -32,6 +33,8 @@ def _inputs(config):
     x = torch.randn(B, T, config.x_dim)
     if config.output == "bigmm":
         x[..., 0] = (x[..., 0] > 0).float()
+    if config.output == "bernoulli":
+        x = (x > 0).float()
     return x
 
 

@@ -165,7 +165,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
     left = tmp_path / "out" / f"store.tmp-{os.getpid()}"  # what a killed prepare leaves: not a store
     left.mkdir()
     (left / "train.frames.npy").write_bytes(b"\x93NUMPY")
-    with pytest.raises(DataError, match="no audio files"):
+    with pytest.raises(DataError, match="arrays of a frame store but no manifest.json"):
         open_splits(left)
     with pytest.raises(DataError, match="not a frame store"):
         open_store(left)

@@ -2,7 +2,7 @@
 
 from .config import VRNNConfig
 from .model import FastVRNN
-from .reference import ReferenceVRNN, VRNNOutput
+from .reference import OnlineStep, ReferenceVRNN, VRNNOutput
 
-__all__ = ["FastVRNN", "ReferenceVRNN", "VRNNConfig", "VRNNOutput"]
+__all__ = ["FastVRNN", "OnlineStep", "ReferenceVRNN", "VRNNConfig", "VRNNOutput"]
 __version__ = "0.1.0"

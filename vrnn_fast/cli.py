@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
@@ -23,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import FLOAT_BOUNDS
+from .config import FLOAT_BOUNDS, OUTPUTS
 
 # Default number of updates of `vrnn-fast train` without --steps/--epochs: the tiny preset on the shipped
 # speech set finishes in a few minutes on a 2-core CPU.
 DEFAULT_STEPS = 4000
+DEFAULT_PRESETS = {"speech": "tiny", "handwriting": "tiny-handwriting", "series": "tiny-series"}
 SAMPLE_RATES = (1000, 192000)  # --sample-rate range (Hz): resampling to far above it takes minutes per file
 MAX_LR = FLOAT_BOUNDS["lr"]
 
@@ -95,20 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="vrnn-fast", formatter_class=fmt,
-        description="Train, evaluate, sample and analyze Variational RNNs (Chung et al. 2015) on speech and "
-                    "handwriting. Run `vrnn-fast <command> --help` for a command's options.")
+        description="Train, evaluate, sample and analyze Variational RNNs (Chung et al. 2015) on speech, "
+                    "handwriting and any sequence data (.npy, .npz, .csv). Run `vrnn-fast <command> --help` for a "
+                    "command's options.")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     t = sub.add_parser("train", formatter_class=fmt, help="train a model (default: tiny preset, shipped speech set)",
                        description="Train a VRNN. Writes <out>/checkpoint.pt (latest, atomically), <out>/best.pt "
                                    "(best validation ELBO) and <out>/metrics.jsonl. Without --data it trains the "
                                    "tiny preset on the small speech set shipped with the package.")
-    t.add_argument("--data", help="folder of audio or handwriting files, a text file listing files, a frame "
-                                  "store (`vrnn-fast prepare`), or a "
-                                  "handwriting archive (default: the shipped CMU ARCTIC slt speech set)")
-    t.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
-    t.add_argument("--preset", help="model preset (default: tiny for speech, tiny-handwriting for handwriting; "
+    t.add_argument("--data", help="folder of audio, handwriting or series files (.npy, .npz, .csv: one sequence "
+                                  "per file, rows = steps, columns = features), a text file listing files, a frame "
+                                  "store (`vrnn-fast prepare`), a handwriting archive, one .npz (one array per "
+                                  "sequence) or one (N, T, D) .npy (lengths in a sibling <name>.lengths.npy) "
+                                  "(default: the shipped CMU ARCTIC slt speech set)")
+    _kind_args(t)
+    t.add_argument("--preset", help="model preset (default: tiny for speech, tiny-handwriting for handwriting, "
+                                    "tiny-series for series, whose x_dim is set to the data's number of features; "
                                     f"with --resume: the checkpoint's); one of {', '.join(VRNNConfig.presets())}")
+    t.add_argument("--output", choices=OUTPUTS, help="the decoder's distribution, in place of the preset's")
     t.add_argument("--steps", type=_positive_int,
                    help=f"updates to train for, in total (default {DEFAULT_STEPS} when --epochs is not given)")
     t.add_argument("--epochs", type=_positive_int, help="passes over the training data")
@@ -144,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-skipped-updates", type=_positive_int,
                    help="stop with an error (exit 1) after this many updates in a row with a non-finite loss or "
                         "gradient (default 10)")
-    t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files (listed) instead of failing")
+    t.add_argument("--skip-bad", action="store_true", help="skip unreadable data files, and series sequences with "
+                                                          "bad values, (listed) instead of failing")
     t.add_argument("--workers", type=_nonneg_int,
                    help="data loader processes per rank, reading batches while the model steps (the batches are "
                         "the same for any number); 0 reads them in the training process (default: min(4, CPUs "
@@ -155,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--segment-seconds", type=_positive_float, default=0.5, help="length of training segments")
     t.add_argument("--whole-utterances", action="store_true",
                    help="train on whole utterances (padded and masked) instead of segments")
+    t.add_argument("--segment-steps", type=_positive_int,
+                   help="series: train on pieces of this many steps (default: whole sequences, padded and masked)")
 
     e = sub.add_parser("evaluate", formatter_class=fmt, help="ELBO and importance-sampled log-likelihood",
                        description="Per-sequence and per-frame ELBO and the importance-sampled log-likelihood "
@@ -166,14 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, help="sequences per batch (default: the training one)")
     e.add_argument("--max-batches", type=_positive_int, help="evaluate only the first batches (quick checks)")
     e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--per-frame", metavar="CSV",
+                   help="also write every frame's ELBO terms to this CSV file: rows sequence,step,kl,nll (-ELBO "
+                        "of the frame = kl + nll; sequences numbered from 0 in evaluation order, masked frames left "
+                        "out)")
     e.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the noise draws")
     e.add_argument("--skip-bad", action="store_true", help="skip unreadable data files")
     e.add_argument("--whole-utterances", action="store_true",
-                   help="speech: score whole utterances instead of the training run's segments")
+                   help="speech and series: score whole sequences instead of the training run's segments")
 
-    s = sub.add_parser("sample", formatter_class=fmt, help="generate speech (wav) or handwriting (PNG)",
+    s = sub.add_parser("sample", formatter_class=fmt, help="generate speech (wav), handwriting (PNG) or series (npy)",
                        description="Generate sequences from a zero state, batched: speech as de-normalised "
-                                   "int16 wav files at the training sample rate, handwriting as PNG drawings.")
+                                   "int16 wav files at the training sample rate, handwriting as PNG drawings, "
+                                   "series as de-normalised (steps, D) float32 .npy files, and Bernoulli-output "
+                                   "models' frames as one (steps, D) .npy array per sequence.")
     _checkpoint_args(s)
     s.add_argument("--n", type=_positive_int, default=4, help="number of sequences")
     s.add_argument("--steps", type=_positive_int, default=160, help="steps per sequence (160 frames = 2 s)")
@@ -194,14 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prepare_parser(sub, fmt) -> None:
     p = sub.add_parser("prepare", formatter_class=fmt, help="decode a data source once into a frame store",
-                       description="Read a speech or handwriting source once (the split, sample rate, frame size "
-                                   "and normaliser train would use) and write a frame store: memory-mappable "
-                                   "frames per split (int16 audio, float32 strokes), their index, the normaliser "
-                                   "and a checked manifest. Every --data option accepts the store afterwards.")
+                       description="Read a speech, handwriting or series source once (the split, sample rate, "
+                                   "frame size and normaliser train would use) and write a frame store: "
+                                   "memory-mappable frames per split (int16 audio, float32 strokes and series), "
+                                   "their index, the normaliser and a checked manifest. Every --data option "
+                                   "accepts the store afterwards.")
     p.add_argument("--data", help="the source, as train's --data (default: the shipped speech set)")
     p.add_argument("--out", required=True, help="the store's folder (written as <out>.tmp-<pid>, then renamed; "
                                                    "one a killed prepare left is removed)")
-    p.add_argument("--kind", choices=("auto", "speech", "handwriting"), default="auto", help="kind of data")
+    _kind_args(p)
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the train/valid/test split")
     p.add_argument("--sample-rate", type=_sample_rate, default=16000, help="audio sample rate in Hz (files are "
                                                                            "resampled to it)")
@@ -216,12 +233,22 @@ def cmd_prepare(args) -> int:
 
     audio = AudioConfig(sample_rate=args.sample_rate, frame_size=args.frame_size, segment_seconds=None)
     store = prepare(args.data, args.out, kind=args.kind, audio=audio, seed=args.seed, skip_bad=args.skip_bad,
-                    force=args.force)
+                    force=args.force, normalize=args.normalize)
     m = store.manifest
     counts = " / ".join(f"{m['splits'][s]['sequences']} {s}" for s in ("train", "valid", "test"))
     size = sum(e["bytes"] for e in m["arrays"].values())
     print(f"frame store {store.path}: {m['kind']}, {counts} sequences, {size / 2**20:.1f} MiB")
     return 0
+
+
+def _kind_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=("auto", "speech", "handwriting", "series"), default="auto",
+                   help="kind of data (auto: a folder's audio files, else its handwriting files, else its series "
+                        "files)")
+    p.add_argument("--normalize", choices=("auto", "zscore", "none"), default="auto",
+                   help="normalisation fit on the training split: zscore (speech: one mean/std; handwriting: one "
+                        "pooled over dx and dy, the pen bit raw; series: a mean/std per feature), none, or auto: "
+                        "zscore, but none for series whose values are all 0 or 1 (binary data)")
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -283,6 +310,11 @@ def _train_overrides(args) -> dict:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def _binary_series(splits, normalize: str) -> bool:
+    """Series data that ``--normalize auto`` left raw: every value is 0 or 1 (then the default output is Bernoulli)."""
+    return splits.kind == "series" and normalize == "auto" and splits.normalizer.features is None
+
+
 def cmd_train(args) -> int:
     from .train import CHECKPOINT_NAME, parse_device, read_checkpoint, run_lock
 
@@ -332,6 +364,9 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
             if diff:
                 raise ValueError(f"--preset {args.preset} differs from the config of checkpoint {resume_path} "
                                  f"({diff}; preset vs checkpoint)")
+        if args.output is not None and args.output != model_config.output:
+            raise ValueError(f"--output {args.output} differs from the output {model_config.output} of checkpoint "
+                             f"{resume_path}")
         values = ckpt["train_config"].to_dict()
         values.update(overrides)
         if args.out is not None:
@@ -340,25 +375,33 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
             values["steps"] = None
         config = TrainConfig(**values)
         splits = open_splits(source, kind=info.get("kind", args.kind), audio=audio, seed=split_seed,
-                             skip_bad=args.skip_bad, normalizer=ckpt["normalizer"])
+                             skip_bad=args.skip_bad, normalizer=ckpt["normalizer"],
+                             segment_steps=info.get("segment_steps"))
     else:
         preset_probe = VRNNConfig.preset(args.preset) if args.preset else None
         audio = _audio_config(args, preset_probe)
         split_seed = args.split_seed if args.split_seed is not None else args.seed or 0
         if args.split_seed is None and is_store(args.data):  # a store's split is fixed when it is prepared
             split_seed = open_store(args.data, verify=False).seed
-        splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad)
-        preset = args.preset or ("tiny-handwriting" if splits.kind == "handwriting" else "tiny")
-        model_config = VRNNConfig.preset(preset)
-        if model_config.x_dim != splits.x_dim:
-            raise ValueError(f"preset {preset} expects x_dim={model_config.x_dim}, but the {splits.kind} data "
-                             f"has {splits.x_dim} features per step")
+        splits = open_splits(args.data, kind=args.kind, audio=audio, seed=split_seed, skip_bad=args.skip_bad,
+                             normalize=args.normalize, segment_steps=args.segment_steps)
+        preset = args.preset or DEFAULT_PRESETS[splits.kind]
+        changes = {"x_dim": splits.x_dim} if splits.kind == "series" else {}  # any preset fits series data
+        if args.output is not None:
+            changes["output"] = args.output
+        elif args.preset is None and _binary_series(splits, args.normalize):
+            changes["output"] = "bernoulli"
+        model_config = VRNNConfig.preset(preset, **changes)
         if "steps" not in overrides and "epochs" not in overrides:
             overrides["steps"] = DEFAULT_STEPS
         elif "steps" not in overrides:
             overrides["steps"] = None
         overrides.setdefault("device", _default_device())
         config = TrainConfig(out_dir=args.out or f"runs/{preset}", **overrides)
+    if model_config.x_dim != splits.x_dim:
+        what = f"preset {preset}" if ckpt is None else f"the model of checkpoint {resume_path}"
+        raise ValueError(f"{what} expects x_dim={model_config.x_dim}, but the {splits.kind} data has "
+                         f"{splits.x_dim} features per step")
     if started_dist and config.device.startswith("cuda"):
         config.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
@@ -368,6 +411,8 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
         source = None if ckpt is None else ckpt["data"].get("source")
     info = {"kind": splits.kind, "source": source, "split_seed": split_seed,
             "audio": None if splits.audio is None else _audio_dict(splits.audio)}
+    if splits.kind == "series":
+        info["segment_steps"] = splits.train.segment
     trainer = Trainer(model_config, config, splits.train, splits.valid, splits.normalizer, info)
     if ckpt is not None:
         trainer.resume(resume_path)
@@ -438,43 +483,74 @@ def _load(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .data import AudioConfig, open_splits
-    from .train import evaluate_model
-
     if args.json:
         _check_output(args.json, "--json", is_file=True)
+    if args.per_frame:
+        _check_output(args.per_frame, "--per-frame", is_file=True)
+    from .train import atomic_write
+
+    with atomic_write(args.per_frame) if args.per_frame else contextlib.nullcontext() as csv_file:
+        per_frame = None if csv_file is None else _FrameRows(csv_file)
+        _evaluate(args, per_frame)
+    if per_frame is not None:
+        print(f"wrote {args.per_frame} ({per_frame.rows} frames)")
+    return 0
+
+
+def _evaluate(args, per_frame) -> None:
+    """cmd_evaluate once the output paths are checked; ``per_frame``: the --per-frame rows' writer, or None."""
+    from .data import AudioConfig, open_splits
+    from .train import atomic_write, evaluate_model
+
     ckpt, model, normalizer, config = _load(args)
     info = ckpt["data"]
     audio = AudioConfig(**info["audio"]) if info.get("audio") else AudioConfig()
     if args.whole_utterances:
         audio = AudioConfig(sample_rate=audio.sample_rate, frame_size=audio.frame_size, segment_seconds=None)
     source = args.data if args.data is not None else info.get("source")
+    segment_steps = None if args.whole_utterances else info.get("segment_steps")
     splits = open_splits(source, kind=info.get("kind", "auto"), audio=audio, seed=info.get("split_seed", 0),
-                         skip_bad=args.skip_bad, normalizer=normalizer)
+                         skip_bad=args.skip_bad, normalizer=normalizer, segment_steps=segment_steps)
     if splits.x_dim != config.x_dim:
         raise ValueError(f"the data has {splits.x_dim} features per step, the model in {args.checkpoint} expects "
                          f"{config.x_dim}")
     dataset = getattr(splits, args.split)
     batch = args.batch_size or ckpt["train_config"].batch_size or config.batch_size
     result = evaluate_model(model, dataset, batch, n_samples=args.n_samples, seed=args.seed, device=args.device,
-                            max_batches=args.max_batches)
+                            max_batches=args.max_batches, per_frame=per_frame)
     result = {"checkpoint": str(args.checkpoint), "split": args.split, "step": ckpt["progress"]["step"], **result}
     rows = [("ELBO", "elbo"), ("  KL", "kl"), ("  NLL", "nll")]
     print(f"{args.split} split of {source or 'the shipped speech set'}: {result['sequences']} sequences, "
           f"{result['frames']} frames (checkpoint step {result['step']})")
     print(f"{'':<24}{'per sequence':>16}{'per frame':>14}")
     for label, key in rows:
-        per_frame = result[f"{key}_per_frame"]
-        per_seq = result["elbo_per_sequence"] if key == "elbo" else per_frame * result["frames"] / result["sequences"]
-        print(f"{label:<24}{per_seq:>16.3f}{per_frame:>14.4f}")
+        frame_mean = result[f"{key}_per_frame"]
+        per_seq = result["elbo_per_sequence"] if key == "elbo" else frame_mean * result["frames"] / result["sequences"]
+        print(f"{label:<24}{per_seq:>16.3f}{frame_mean:>14.4f}")
     if args.n_samples:
         print(f"{f'log-likelihood (IS, {args.n_samples})':<24}{result['log_likelihood_per_sequence']:>16.3f}"
               f"{result['log_likelihood_per_frame']:>14.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with atomic_write(args.json) as f:
+            f.write(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
+
+
+class _FrameRows:
+    """evaluate_model's per_frame callback: CSV rows ``sequence,step,kl,nll`` of every unmasked frame, sequences
+    numbered in evaluation order; values in full float64 precision (kl + nll summed over a sequence's rows is
+    its -ELBO)."""
+
+    def __init__(self, f):
+        self.writer, self.sequences, self.rows = csv.writer(f, lineterminator="\n"), 0, 0
+        self.writer.writerow(["sequence", "step", "kl", "nll"])
+
+    def __call__(self, kl, nll, mask) -> None:
+        b, t = mask.nonzero(as_tuple=True)  # row-major: a sequence's frames in step order
+        self.writer.writerows(zip((b + self.sequences).tolist(), t.tolist(), kl[b, t].tolist(), nll[b, t].tolist(),
+                                  strict=True))
+        self.sequences += mask.shape[0]
+        self.rows += len(b)
 
 
 def cmd_sample(args) -> int:
@@ -487,7 +563,12 @@ def cmd_sample(args) -> int:
         raise ValueError(f"the model in {args.checkpoint} generated non-finite values; nothing written")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if config.output == "bigmm":
+    kind = ckpt["data"].get("kind") or ("handwriting" if config.output == "bigmm" else "speech")
+    if kind == "series" or config.output == "bernoulli":  # one (steps, D) array per sequence
+        paths = [out / f"sample_{i:03d}.npy" for i in range(len(x))]
+        for path, seq in zip(paths, x, strict=True):
+            np.save(path, seq.astype(np.float32, copy=False))
+    elif kind == "handwriting":
         paths = [_draw_strokes(seq, out / f"sample_{i:03d}.png") for i, seq in enumerate(x)]
     else:
         import soundfile as sf
@@ -500,7 +581,7 @@ def cmd_sample(args) -> int:
             wave = np.clip(seq.reshape(-1), -1.0, 1.0)
             sf.write(str(path), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16")
             paths.append(path)
-    print(f"wrote {len(paths)} {'PNG' if config.output == 'bigmm' else 'wav'} files to {out}")
+    print(f"wrote {len(paths)} {paths[0].suffix[1:]} files to {out}")
     return 0
 
 
@@ -530,8 +611,10 @@ def cmd_analyze(args) -> int:
 
     _check_output(args.out, "--out", is_file=True)
     ckpt, model, normalizer, config = _load(args)
-    if config.output == "bigmm":
-        raise ValueError(f"analyze works on speech models; {args.checkpoint} is a handwriting model")
+    kind = ckpt["data"].get("kind")
+    if config.output in ("bigmm", "bernoulli") or kind in ("handwriting", "series"):
+        what = kind or ("handwriting" if config.output == "bigmm" else "Bernoulli-output")
+        raise ValueError(f"analyze works on speech models; {args.checkpoint} is a {what} model")
     if not config.has_latent:
         raise ValueError(f"analyze needs a latent-variable model; {args.checkpoint} is an RNN baseline (no z)")
     rate = (ckpt["data"].get("audio") or {}).get("sample_rate", 16000)

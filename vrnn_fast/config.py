@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 MODELS = ("vrnn", "vrnn-i", "rnn")
-OUTPUTS = ("gauss", "gmm", "bigmm")
+OUTPUTS = ("gauss", "gmm", "bigmm", "bernoulli")
 _BLOCKS = ("phi_x", "phi_z", "enc", "prior", "dec")
 # Upper bounds of the float options (see VRNNConfig): beyond them a model cannot train (z-scored data).
 FLOAT_BOUNDS = {"sigma_floor": 1.0, "init_scale": 1.0, "lr": 10.0}
@@ -25,7 +25,9 @@ class VRNNConfig:
     ReLU layers of width ``<block>_dim``. ``model`` is ``"vrnn"`` (learned prior), ``"vrnn-i"``
     (prior N(0, I)) or ``"rnn"`` (no latent). ``output`` is the decoder's distribution: diagonal
     ``"gauss"``, a ``K = n_mix`` component diagonal ``"gmm"`` over the whole frame, or ``"bigmm"``
-    (handwriting: bivariate GMM with correlation on (dx, dy) plus a Bernoulli pen bit; x_dim = 3).
+    (handwriting: bivariate GMM with correlation on (dx, dy) plus a Bernoulli pen bit; x_dim = 3), or
+    ``"bernoulli"`` (an independent Bernoulli per dimension, for data in [0, 1]: binary piano rolls, event
+    streams; exact for binary data; ``sigma_floor`` and ``n_mix`` are unused).
     ``lr`` and ``batch_size`` are the preset's training defaults.
 
     Bounds: ``sigma_floor`` in (0, 1] (the data is z-scored: a floor above 1 would forbid any sharper fit),
@@ -173,6 +175,11 @@ def _build_presets() -> dict[str, VRNNConfig]:
     p["tiny"] = VRNNConfig(x_dim=200, z_dim=16, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
     p["tiny-handwriting"] = VRNNConfig(x_dim=3, z_dim=8, h_dim=64, **tiny_mlps, output="bigmm", n_mix=5,
                                        batch_size=16, lr=1e-3)
+    # Binary frames of 88 (piano keys: the piano-roll size of the polyphonic-music literature), Bernoulli output.
+    p["tiny-bernoulli"] = VRNNConfig(x_dim=88, z_dim=16, h_dim=64, **tiny_mlps, output="bernoulli",
+                                     batch_size=16, lr=1e-3)
+    # Any series: `vrnn-fast train --kind series` sets x_dim to the data's number of features.
+    p["tiny-series"] = VRNNConfig(x_dim=1, z_dim=8, h_dim=64, **tiny_mlps, n_mix=4, batch_size=16, lr=1e-3)
     return p
 
 

@@ -4,7 +4,8 @@ so every backend refuses the same bad input with the same ValueError.
 ``<op>_parts(...)`` takes an op's arguments, checks the scalars (floor, prior pair) and returns (parts, mask):
 parts = [(name, tensor, event shape)], where a str in an event shape ("D", "K", "Z") is a size that must agree
 across tensors. ``validate`` checks tensors, dtypes, devices, trailing sizes, the mask and the broadcast of the
-leading dims; ``rows`` also flattens them to (N, *event) rows for the kernels.
+leading dims; ``rows`` also flattens them to (N, *event) rows for the kernels. ``VALUE_CHECKS`` holds the ops
+whose inputs also have a valid range (``bernoulli_nll``: x in [0, 1]), checked after ``validate``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ def check_floor(op: str, floor) -> float:
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor < 0:
         raise ValueError(f"{op}: floor must be a finite number >= 0, got {floor!r}")
     return float(floor)
+
+
+def require(ok: Tensor, message: str) -> None:
+    """ValueError(message) unless the bool tensor ``ok`` is True. Inside ``torch.compile`` or a CUDA graph capture
+    the check stays on the device (``torch._assert_async``: no host sync, no graph break; a failure raises
+    RuntimeError with the message on the CPU and a device-side assert on CUDA)."""
+    if torch.compiler.is_compiling() or (ok.is_cuda and torch.cuda.is_current_stream_capturing()):
+        torch._assert_async(ok, message)
+    elif not ok:
+        raise ValueError(message)
+
+
+def require_unit_interval(what: str, x: Tensor, mask: Tensor | None = None) -> None:
+    """ValueError naming ``what`` unless every x (..., D) of a row where ``mask`` (...) is True (all rows when
+    None) lies in [0, 1]; NaN fails. Bernoulli data: rows of a padded step are not scored, so not checked."""
+    ok = (x >= 0) & (x <= 1)
+    if mask is not None:
+        ok = ok | ~mask.unsqueeze(-1)
+    require(ok.all(), f"{what} must lie in [0, 1] (Bernoulli data), but it holds NaN or values outside [0, 1]")
 
 
 def validate(op: str, parts: list[tuple[str, Tensor, tuple]], mask: Tensor | None = None):
@@ -98,17 +118,29 @@ def bigmm_nll_parts(x, mu, a, rho_raw, logits, pen_logit, floor, mask=None):
             ("logits", logits, ("K",)), ("pen_logit", pen_logit, ())], mask
 
 
+def bernoulli_nll_parts(x, logits, mask=None):
+    return [("x", x, ("D",)), ("logits", logits, ("D",))], mask
+
+
+def bernoulli_nll_values(x, logits, mask=None):
+    require_unit_interval("bernoulli_nll: x", x, mask)
+
+
 PARTS = {"lstm_cell": lstm_cell_parts, "reparameterize": reparameterize_parts, "gaussian_kl": gaussian_kl_parts,
-         "gaussian_nll": gaussian_nll_parts, "gmm_nll": gmm_nll_parts, "bigmm_nll": bigmm_nll_parts}
+         "gaussian_nll": gaussian_nll_parts, "gmm_nll": gmm_nll_parts, "bigmm_nll": bigmm_nll_parts,
+         "bernoulli_nll": bernoulli_nll_parts}
+VALUE_CHECKS = {"bernoulli_nll": bernoulli_nll_values}
 
 
 def checked(op: str, fn):
     """``fn`` with the op's input checks in front (ValueError naming the problem)."""
-    parts_of = PARTS[op]
+    parts_of, values_of = PARTS[op], VALUE_CHECKS.get(op)
 
     @functools.wraps(fn)
     def checked_op(*args, **kwargs):
         validate(op, *parts_of(*args, **kwargs))
+        if values_of is not None:
+            values_of(*args, **kwargs)
         return fn(*args, **kwargs)
 
     return checked_op

@@ -11,21 +11,25 @@ Gate order of the LSTM pre-activations (last dim 4H) is ``[i, f, g, o]``, as in 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VRNNConfig
-from .op_checks import checked
+from .op_checks import checked, require, require_unit_interval
 
 LOG_2PI = math.log(2.0 * math.pi)
 # Frames (tiled rows x T) per chunk of the importance-sampled log-likelihood, per device type.
 LL_CHUNK_FRAMES = {"cpu": 1024, "cuda": 65536}
-RHO_MAX = 1.0 - 1e-6  # |rho| = RHO_MAX * |tanh(.)| keeps 1 - rho^2 >= 2e-6 (no inf at saturated tanh)
+RHO_GAP = 1e-6  # |rho| = RHO_MAX * |tanh(.)| with RHO_MAX = 1 - RHO_GAP keeps 1 - rho^2 >= 2e-6 (no inf at saturation)
+RHO_MAX = 1.0 - RHO_GAP
 
 
 def sigma_from(a: Tensor, floor: float) -> Tensor:
@@ -95,30 +99,56 @@ def gmm_nll(x: Tensor, mu: Tensor, a: Tensor, logits: Tensor, floor: float, mask
     return _masked(nll, mask)
 
 
+def correlation_gap(rho_raw: Tensor) -> tuple[Tensor, Tensor]:
+    """rho = RHO_MAX tanh(rho_raw) as (sign, gap), rho = sign (1 - gap), with the gap 1 - |rho| free of cancellation:
+    1 - |rho| = RHO_GAP + RHO_MAX (1 - tanh|rho_raw|) and 1 - tanh|y| = 2e / (1 + e), e = exp(-2|y|).
+    (Rounding rho itself to float32, spacing 6e-8 near 1, would leave a gap of 1e-6 with up to 3% error.)"""
+    sign = torch.where(rho_raw >= 0, 1.0, -1.0).to(rho_raw.dtype)  # a constant for autograd: d|y|/dy = sign, also at 0
+    e = torch.exp(-2.0 * sign * rho_raw)
+    return sign, RHO_GAP + RHO_MAX * (2.0 * e / (1.0 + e))
+
+
 def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor, pen_logit: Tensor,
               floor: float, mask: Tensor | None = None) -> Tensor:
     """Handwriting NLL: bivariate GMM with correlation on (dx, dy) plus a Bernoulli pen bit.
 
     x (..., 3) = [pen, dx, dy]; mu, a (..., 2, K); rho_raw, logits (..., K); pen_logit (...).
-    rho = RHO_MAX * tanh(rho_raw); log N2 = -log 2pi - log s1 - log s2 - 0.5 log(1 - rho^2)
-    - (z1^2 + z2^2 - 2 rho z1 z2) / (2 (1 - rho^2)) with z = (x - mu) / s;
-    nll = -logsumexp_k [log pi_k + log N2_k] + BCE(pen_logit, pen). Returns (...).
+    rho = RHO_MAX tanh(rho_raw); log N2 = -log 2pi - log s1 - log s2 - 0.5 log w - q / (2w) with z = (x - mu) / s,
+    w = 1 - rho^2, q = z1^2 + z2^2 - 2 rho z1 z2; nll = -logsumexp_k [log pi_k + log N2_k] + BCE(pen_logit, pen).
+    Returns (...).
+
+    Evaluated without cancellation at |rho| -> 1 (float32 keeps its accuracy): with (sign, m = 1 - |rho|) from
+    ``correlation_gap``, w = m (2 - m) and q / w = z1^2 + v^2 / w, where v = z2 - rho z1 = sign (m z1 - (z1 - sign z2))
+    (z1 - sign z2 is exact where z2 ~ sign z1). Autograd through this form is stable too: it gives
+    d log N2 / d z2 = -v / w and d log N2 / d z1 = -(z1 - rho v / w), as ``kernels/densities.py`` writes them.
     """
     s = sigma_from(a, floor)
-    rho = RHO_MAX * torch.tanh(rho_raw)
     z = (x[..., 1:].unsqueeze(-1) - mu) / s  # (..., 2, K)
     z1, z2 = z[..., 0, :], z[..., 1, :]
-    one_m_rho2 = 1.0 - rho**2
-    log_n2 = (-LOG_2PI - torch.log(s).sum(-2) - 0.5 * torch.log(one_m_rho2)
-              - (z1**2 + z2**2 - 2.0 * rho * z1 * z2) / (2.0 * one_m_rho2))
+    sign, m = correlation_gap(rho_raw)
+    w = m * (2.0 - m)
+    v = sign * (m * z1 - (z1 - sign * z2))
+    log_n2 = -LOG_2PI - torch.log(s).sum(-2) - 0.5 * torch.log(w) - 0.5 * (z1**2 + v**2 / w)
     offsets_nll = -torch.logsumexp(torch.log_softmax(logits, dim=-1) + log_n2, dim=-1)
     pen_nll = F.binary_cross_entropy_with_logits(pen_logit, x[..., 0], reduction="none")
     return _masked(offsets_nll + pen_nll, mask)
 
 
+def bernoulli_nll(x: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """-log prod_d Bernoulli(x_d; sigmoid(l_d)) for x in [0, 1] (exact for binary x): (..., D) -> (...).
+
+    sum_d BCE-with-logits(l_d, x_d) = sum_d [(1 - x_d) softplus(l_d) + x_d softplus(-l_d)]: two non-negative
+    terms, so no cancellation and no overflow at any logit (|l| = 1e4 included); the gradient in l is
+    sigmoid(l) - x. There is no sigma, hence no floor argument.
+    """
+    nll = (1.0 - x) * F.softplus(logits) + x * F.softplus(-logits)
+    return _masked(nll.sum(-1), mask)
+
+
 TORCH_OPS = SimpleNamespace(**{name: checked(name, fn) for name, fn in (
     ("lstm_cell", lstm_cell), ("reparameterize", reparameterize), ("gaussian_kl", gaussian_kl),
-    ("gaussian_nll", gaussian_nll), ("gmm_nll", gmm_nll), ("bigmm_nll", bigmm_nll))})
+    ("gaussian_nll", gaussian_nll), ("gmm_nll", gmm_nll), ("bigmm_nll", bigmm_nll),
+    ("bernoulli_nll", bernoulli_nll))})
 """The op set the models dispatch through, each op with the input checks of ``vrnn_fast.op_checks`` in front
 (ReferenceVRNN calls the plain functions above); ``vrnn_fast.triton_ops.TRITON_OPS`` has the same members."""
 
@@ -160,7 +190,8 @@ class GaussianBlock(nn.Module):
 class Decoder(nn.Module):
     """MLP then the output distribution's heads (official layouts: flat index d*K + k).
 
-    gauss: mu, sigma (D); gmm: mu, sigma (D*K), coeff (K); bigmm: mu, sigma (2K), corr (K), coeff (K), pen (1).
+    gauss: mu, sigma (D); gmm: mu, sigma (D*K), coeff (K); bigmm: mu, sigma (2K), corr (K), coeff (K), pen (1);
+    bernoulli: logits (D).
     """
 
     def __init__(self, config: VRNNConfig, in_dim: int):
@@ -170,6 +201,8 @@ class Decoder(nn.Module):
         self.net = MLP(in_dim, width, config.dec_layers)
         if self.kind == "gauss":
             self.mu, self.sigma = nn.Linear(width, d), nn.Linear(width, d)
+        elif self.kind == "bernoulli":
+            self.logits = nn.Linear(width, d)
         elif self.kind == "gmm":
             self.mu, self.sigma, self.coeff = nn.Linear(width, d * k), nn.Linear(width, d * k), nn.Linear(width, k)
         else:
@@ -179,9 +212,11 @@ class Decoder(nn.Module):
 
     def params(self, inp: Tensor, start: int = 0) -> tuple[Tensor, ...]:
         """Raw distribution parameters, shaped for the ops: gauss (mu, a); gmm (mu, a, logits) with
-        mu, a (..., D, K); bigmm (mu, a, rho_raw, logits, pen_logit) with mu, a (..., 2, K). ``start``: ``inp``
-        is already the output of the MLP's first ``start`` layers."""
+        mu, a (..., D, K); bigmm (mu, a, rho_raw, logits, pen_logit) with mu, a (..., 2, K); bernoulli (logits,)
+        with logits (..., D). ``start``: ``inp`` is already the output of the MLP's first ``start`` layers."""
         hidden = self.net(inp, start=start)
+        if self.kind == "bernoulli":
+            return (self.logits(hidden),)
         mu, a = self.mu(hidden), self.sigma(hidden)
         if self.kind == "gauss":
             return mu, a
@@ -194,13 +229,18 @@ class Decoder(nn.Module):
             start: int = 0) -> Tensor:
         """-log p(x | inp): x (..., D), inp (..., in_dim) (or the output of layer ``start`` of the MLP) -> (...)."""
         params = [to_loss_dtype(p) for p in self.params(inp, start)]
+        if self.kind == "bernoulli":  # no sigma, no floor
+            return ops.bernoulli_nll(to_loss_dtype(x), *params, mask)
         fn = {"gauss": ops.gaussian_nll, "gmm": ops.gmm_nll, "bigmm": ops.bigmm_nll}[self.kind]
         return fn(to_loss_dtype(x), *params, floor, mask)
 
     def sample(self, inp: Tensor, floor: float, mean: bool, generator: torch.Generator | None) -> Tensor:
         """One x per row, (N, in_dim) -> (N, D): a draw, or the distribution's mean when ``mean``
-        (bigmm: mean offsets, pen = 1 where its probability exceeds 0.5)."""
+        (bigmm: mean offsets, pen = 1 where its probability exceeds 0.5; bernoulli: the probabilities)."""
         params = self.params(inp)
+        if self.kind == "bernoulli":
+            p = torch.sigmoid(params[0])
+            return p if mean else torch.bernoulli(p, generator=generator)
         if self.kind == "gauss":
             mu, a = params
             return mu if mean else mu + sigma_from(a, floor) * _randn(mu, generator)
@@ -215,8 +255,8 @@ class Decoder(nn.Module):
             mu_k, s_k = mu.gather(-1, pick).squeeze(-1), sigma.gather(-1, pick).squeeze(-1)  # (N, D or 2)
             eps = _randn(mu_k, generator)
             if self.kind == "bigmm":  # correlate the second coordinate
-                rho = (RHO_MAX * torch.tanh(rest[0])).gather(-1, comp)  # (N, 1)
-                eps = torch.stack([eps[:, 0], rho[:, 0] * eps[:, 0] + (1 - rho[:, 0] ** 2).sqrt() * eps[:, 1]], -1)
+                sign, gap = (t.gather(-1, comp)[:, 0] for t in correlation_gap(rest[0]))  # (N,)
+                eps = torch.stack([eps[:, 0], sign * (1 - gap) * eps[:, 0] + (gap * (2 - gap)).sqrt() * eps[:, 1]], -1)
             offsets = mu_k + s_k * eps
         if self.kind == "gmm":
             return offsets
@@ -253,6 +293,14 @@ class StepResults:
     z_mean: Tensor | None  # (B, T, Z) posterior means
     z_std: Tensor | None  # (B, T, Z) posterior standard deviations
     state: tuple[Tensor, Tensor]  # final (h, c), each (B, H)
+
+
+class OnlineStep(NamedTuple):
+    """One frame of :meth:`VRNNBase.step`: kl, nll (B,) (0 where the frame is masked) and the next (h, c)."""
+
+    kl: Tensor
+    nll: Tensor
+    state: tuple[Tensor, Tensor]
 
 
 @dataclass
@@ -338,6 +386,8 @@ class VRNNBase(nn.Module):
                 raise ValueError(f"mask must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
             if mask.device != x.device:
                 raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
+        if c.output == "bernoulli":
+            require_unit_interval("x (output='bernoulli')", x, mask)
         if state is not None:
             self._check_state(state, x.shape[0], x.device)
 
@@ -366,10 +416,6 @@ class VRNNBase(nn.Module):
             raise ValueError(f"noise must have shape {expected}, got {_describe(noise)}")
         require_finite(noise, "noise contains NaN or inf")
 
-    def _zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        zeros = x.new_zeros(x.shape[0], self.config.h_dim, dtype=self.rnn.weight_hh.dtype)
-        return zeros, zeros.clone()
-
     def _noise(self, x: Tensor, noise: Tensor | None) -> Tensor | None:
         if not self.config.has_latent:
             return None
@@ -388,8 +434,8 @@ class VRNNBase(nn.Module):
         """
         self._check(x, mask, state)
         self._check_noise(noise, tuple(x.shape[:2]))
-        steps = self._steps(x, mask, self._noise(x, noise), state if state is not None else self._zero_state(x),
-                            return_log_weight)
+        state = state if state is not None else self.initial_state(x.shape[0])
+        steps = self._steps(x, mask, self._noise(x, noise), state, return_log_weight)
         neg_elbo = (steps.kl + steps.nll).sum(1)  # (B,)
         log_weight = None
         if return_log_weight:
@@ -428,24 +474,70 @@ class VRNNBase(nn.Module):
             log_w.append(out.log_weight.view(k, B))
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)
 
-    @torch.no_grad()
     def sample(self, n: int, steps: int, mean_output: bool = False, state: tuple[Tensor, Tensor] | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """Generate ``n`` sequences of ``steps`` frames from the model, batched: (n, steps, D).
 
         From a zero state (or ``state``): z_t from the prior, x_t from the decoder, fed back through
         phi_x. ``mean_output`` writes the decoder's mean instead of a draw (the official script's
-        output); z is drawn either way. ``generator`` makes it reproducible.
+        output; Bernoulli: the probabilities); z is drawn either way. ``generator`` makes it reproducible.
+        The frames of :meth:`generate` with the same arguments, stacked.
         """
-        c, floor = self.config, self.config.sigma_floor
-        if not isinstance(n, int) or n < 1 or not isinstance(steps, int) or steps < 1:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"n and steps must be positive integers, got n={n!r}, steps={steps!r}")
-        ref = self.rnn.weight_hh
+        return torch.stack(list(self.generate(n, state, steps, mean_output, generator)), 1)
+
+    # -- online use: one frame at a time --------------------------------------------------------------
+    def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The zero state (h, c), each (batch, H), in the parameters' dtype and on their device."""
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        zeros = self.rnn.weight_hh.new_zeros(batch, self.config.h_dim)
+        return zeros, zeros.clone()
+
+    @torch.no_grad()
+    def step(self, x_t: Tensor, state: tuple[Tensor, Tensor] | None, mask_t: Tensor | None = None,
+             noise: Tensor | None = None) -> OnlineStep:
+        """Score one frame as it arrives: x_t (B, D), state (h, c) each (B, H) (None: :meth:`initial_state`),
+        mask_t (B,) bool (False: the sequence has no frame now), noise (B, Z) (drawn when None).
+
+        Returns an :class:`OnlineStep`: that frame's kl and nll, each (B,) (kl + nll is the frame's -ELBO term,
+        an online anomaly score), and the next state. A loop over t gives frame t of ``forward(x, mask, noise)``
+        (masked frames: kl = nll = 0 and the state carried unchanged). Runs without autograd: for training use
+        ``forward`` (and its ``state`` for truncated BPTT).
+        """
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
+            raise ValueError(f"x_t must be a (B, D) tensor, got {_describe(x_t)}")
+        batch = x_t.shape[0]
+        if mask_t is not None and (not isinstance(mask_t, Tensor) or tuple(mask_t.shape) != (batch,)):
+            raise ValueError(f"mask_t must be a (B,) = ({batch},) bool tensor, got {_describe(mask_t)}")
+        if noise is not None:
+            self._check_noise(noise, (batch,))
+        out = self.forward(x_t[:, None], None if mask_t is None else mask_t[:, None],
+                           None if noise is None else noise[:, None], state)
+        return OnlineStep(kl=out.kl[:, 0], nll=out.nll[:, 0], state=out.state)
+
+    def generate(self, n: int, state: tuple[Tensor, Tensor] | None = None, steps: int | None = None,
+                 mean_output: bool = False, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """Streaming generation: an iterator of frames, each (n, D), endless (or ``steps`` of them).
+
+        The same draws in the same order as :meth:`sample` (which stacks these frames): for one ``generator``
+        state, the first T frames are ``sample(n, T, mean_output, state, generator)``. Arguments are checked
+        here, not at the first frame; runs without autograd.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(f"steps must be a positive integer or None (endless), got {steps!r}")
         if state is not None:
-            self._check_state(state, n, ref.device)
-        h, c_state = state if state is not None else (ref.new_zeros(n, c.h_dim), ref.new_zeros(n, c.h_dim))
-        frames = []
-        for _ in range(steps):
+            self._check_state(state, n, self.rnn.weight_hh.device)
+        return self._frames(n, state if state is not None else self.initial_state(n), steps, mean_output, generator)
+
+    @torch.no_grad()
+    def _frames(self, n, state, steps, mean_output, generator) -> Iterator[Tensor]:
+        c, floor, ref = self.config, self.config.sigma_floor, self.rnn.weight_hh
+        h, c_state = state
+        for _ in itertools.count() if steps is None else range(steps):
             if c.has_latent:
                 eps = torch.randn(n, c.z_dim, dtype=ref.dtype, device=ref.device, generator=generator)
                 if c.model == "vrnn":
@@ -460,8 +552,7 @@ class VRNNBase(nn.Module):
                 x = self.decoder.sample(h, floor, mean_output, generator)
                 rnn_in = self.phi_x(x)
             h, c_state = lstm_cell(self.rnn.gates(rnn_in, h), c_state)
-            frames.append(x)
-        return torch.stack(frames, 1)
+            yield x
 
     def _steps(self, x: Tensor, mask: Tensor | None, eps: Tensor | None, state: tuple[Tensor, Tensor],
                want_log_weight: bool) -> StepResults:
@@ -469,14 +560,9 @@ class VRNNBase(nn.Module):
 
 
 def require_finite(t: Tensor, message: str) -> None:
-    """ValueError(message) if ``t`` holds NaN or inf. Inside ``torch.compile`` or a CUDA graph capture the
-    check stays on the device (``torch._assert_async``: no host sync, no graph break; a failure raises
-    RuntimeError with the message on the CPU and a device-side assert on CUDA)."""
-    finite = torch.isfinite(t).all()
-    if torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
-        torch._assert_async(finite, message)
-    elif not finite:
-        raise ValueError(message)
+    """ValueError(message) if ``t`` holds NaN or inf (on the device inside ``torch.compile`` or a CUDA graph
+    capture: ``op_checks.require``)."""
+    require(torch.isfinite(t).all(), message)
 
 
 def _describe(value) -> str:

@@ -44,6 +44,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -249,6 +250,27 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> None:
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause)
             raise OSError(f"cannot write {path}: {reason} (the previous {path.name}, if any, is intact)") from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """A text file to write ``path`` through: ``<path>.tmp-<pid>``, flushed, fsynced and ``os.replace``d onto
+    ``path`` when the block ends, so ``path`` is the whole new file or its previous content, never a part. An
+    error in the block removes the temporary file and propagates (the previous ``path``, if any, is intact)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -471,16 +493,19 @@ def config_mismatch(expected: VRNNConfig, found: VRNNConfig) -> str:
 
 @torch.no_grad()
 def evaluate_model(model: FastVRNN, dataset, batch_size: int, n_samples: int = 0, seed: int = 0,
-                   device: str | torch.device = "cpu", max_batches: int | None = None, workers: int = 0,
+                   device: str | torch.device = "cpu", max_batches: int | None = None,
+                   per_frame: Callable[[Tensor, Tensor, Tensor], None] | None = None, workers: int = 0,
                    worker_init_fn=None) -> dict:
     """ELBO (and, with ``n_samples`` > 0, the importance-sampled log-likelihood) of every sequence of a dataset.
 
     Noise comes from a generator seeded with ``seed`` (the global RNG is untouched), so the numbers are
     reproducible. Returns sums divided per sequence and per unmasked frame: ``elbo_per_sequence``,
     ``elbo_per_frame``, ``kl_per_frame``, ``nll_per_frame`` and, with samples, ``log_likelihood_per_sequence``
-    and ``log_likelihood_per_frame``; plus ``sequences``, ``frames``, ``n_samples``. ``workers``: loader
-    processes (:func:`~vrnn_fast.data.loader.loader`). Under ``torch.distributed`` every rank must call it:
-    each evaluates its rows of every batch (the same noise draws as one process) and the sums are all-reduced.
+    and ``log_likelihood_per_frame``; plus ``sequences``, ``frames``, ``n_samples``. ``per_frame(kl, nll, mask)``,
+    if given, gets every batch's terms in order: kl, nll (B, T) float64 and mask (B, T) bool, on the CPU.
+    ``workers``: loader processes (:func:`~vrnn_fast.data.loader.loader`). Under ``torch.distributed`` every rank
+    must call it: each evaluates its rows of every batch (the same noise draws as one process; ``per_frame`` gets
+    those rows) and the sums are all-reduced.
     """
     device = torch.device(device)
     cfg = model.config
@@ -500,6 +525,8 @@ def evaluate_model(model: FastVRNN, dataset, batch_size: int, n_samples: int = 0
             continue
         noise = None if noise is None else noise[share.lo: share.hi]
         out = model(x, mask=mask, noise=noise)
+        if per_frame is not None:
+            per_frame(out.kl.double().cpu(), out.nll.double().cpu(), mask.cpu())
         sums[:5] += torch.tensor([share.hi - share.lo, float(mask.sum()), float(out.elbo.double().sum()),
                                   float(out.kl.double().sum()), float(out.nll.double().sum())], dtype=torch.float64)
         if n_samples:

@@ -26,9 +26,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import op_checks as oc
+from . import reference
 from .kernels import densities
 from .kernels import gaussian as kg
 from .kernels import lstm as kl
+from .reference import to_loss_dtype
 
 
 def ops_for(x: Tensor) -> SimpleNamespace:
@@ -266,8 +268,22 @@ def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor,
     return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, float(floor), mask).reshape(lead)
 
 
+def bernoulli_nll(x: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """-sum_d log Bernoulli(x_d; sigmoid(l_d)) for x (..., D) in [0, 1]; logits (..., D) -> (...).
+
+    PyTorch, not a Triton kernel: ``reference.bernoulli_nll`` (an elementwise softplus pair and a row sum, which
+    torch does in a few passes over (..., D) values that the decoder's GEMM has just written; a fused kernel
+    would save a fraction of that GEMM's time). Same checks (x outside [0, 1] or NaN: ValueError) and dtype rule
+    as the kernels here: the loss in float32, or float64 for float64 inputs.
+    """
+    return reference.bernoulli_nll(to_loss_dtype(x), to_loss_dtype(logits), mask)
+
+
+bernoulli_nll = oc.checked("bernoulli_nll", bernoulli_nll)
+
+
 TRITON_OPS = SimpleNamespace(
     lstm_cell=lstm_cell, reparameterize=reparameterize, gaussian_kl=gaussian_kl,
-    gaussian_nll=gaussian_nll, gmm_nll=gmm_nll, bigmm_nll=bigmm_nll,
+    gaussian_nll=gaussian_nll, gmm_nll=gmm_nll, bigmm_nll=bigmm_nll, bernoulli_nll=bernoulli_nll,
 )
 """The op set FastVRNN(backend="triton") dispatches through; same members as ``reference.TORCH_OPS``."""

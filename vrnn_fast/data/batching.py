@@ -1,4 +1,5 @@
-"""Datasets and their batches: sequences of frames (speech) or pen offsets (handwriting) as (x, mask) batches.
+"""Datasets and their batches: sequences of frames (speech), pen offsets (handwriting) or any features (series)
+as (x, mask) batches.
 
 A sequence is either cut into pieces of ``segment`` steps (a sequence's last, shorter piece is kept, padded and
 masked) or kept whole (``segment=None``). :meth:`~_SequenceDataset.iter_batches` gives shuffled (or ordered)
@@ -6,7 +7,8 @@ batches of pieces, whole sequences bucketed by length; :meth:`~_SequenceDataset.
 per-row streams of truncated BPTT. Audio files are read lazily per batch (cached in memory only when the whole
 corpus is under ``CACHE_BYTES``), or from a frame store's memory map (:mod:`vrnn_fast.data.store`).
 
-Shapes: B batch, T steps (frames or pen points), D = x_dim (frame_size for speech, 3 for handwriting).
+Shapes: B batch, T steps (frames, pen points or series steps), D = x_dim (frame_size for speech, 3 for
+handwriting, the number of features of a series).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 CACHE_BYTES = 256 * 2**20
 # Shuffled batches draw at random from a buffer of about this many bytes of sequences (files stream through it).
 SHUFFLE_BUFFER_BYTES = 64 * 2**20
-# Truncated-BPTT chunk length of handwriting streams when the caller gives none.
+# Truncated-BPTT chunk length of handwriting streams, and of unsegmented series, when the caller gives none.
 STROKE_STREAM_STEPS = 300
 
 
@@ -137,8 +139,8 @@ class _SequenceDataset:
 
         The sequences (shuffled by (seed, epoch)) are dealt to min(batch_size, n) rows, each to the row with
         the fewest steps so far; every batch is the next ``steps`` steps of each row (default: the segment
-        length, or ``STROKE_STREAM_STEPS`` for handwriting). carry=False on the first batch of the pass, True
-        after; a row whose stream has ended is masked out until the others end.
+        length, or ``STROKE_STREAM_STEPS`` for whole handwriting or series sequences). carry=False on the first
+        batch of the pass, True after; a row whose stream has ended is masked out until the others end.
         """
         return self.read(self.stream_plans(batch_size, seed, epoch, steps))
 
@@ -169,9 +171,10 @@ class _SequenceDataset:
                 mask[b, t: t + e - s] = True
                 filled[b] += e - s
         if self.normalizer is not None:  # in place: the same float32 operations as Normalizer.normalize
+            mean, std = self.normalizer.stats_for(x)
             v = x[..., self.normalizer.raw_columns:]
-            v -= self.normalizer.mean
-            v /= self.normalizer.std
+            v -= mean
+            v /= std
         x[~mask] = 0
         return Batch(torch.from_numpy(x), torch.from_numpy(mask), plan.carry)
 
@@ -308,17 +311,32 @@ class AudioDataset(_SequenceDataset):
         return a
 
 
-class StrokeDataset(_SequenceDataset):
+class SeriesDataset(_SequenceDataset):
+    """Sequences held in memory, each (T_i, dim) float32: whole sequences per batch row (``segment=None``), or
+    pieces of ``segment`` steps (the last piece of a sequence shorter, padded and masked).
+
+    ``files``: the source file of each sequence (a file holding several repeats); ``names``: each sequence's name.
+    """
+
+    def __init__(self, sequences: Sequence[np.ndarray], names: Sequence[str], files: Sequence[Path], dim: int,
+                 segment: int | None = None):
+        self._seqs = [np.asarray(s, np.float32) for s in sequences]
+        wrong = [i for i, s in enumerate(self._seqs) if s.ndim != 2 or s.shape[1] != dim]
+        if wrong:
+            raise ValueError(f"sequence {names[wrong[0]]} has shape {self._seqs[wrong[0]].shape}, not (T, {dim})")
+        self.names, self.files = list(names), [Path(f) for f in files]
+        self.lengths = np.array([len(s) for s in self._seqs], dtype=np.int64)
+        self.dim, self.segment, self.stream_steps = dim, segment, segment or STROKE_STREAM_STEPS
+
+    def _raw(self, i: int) -> np.ndarray:
+        return self._seqs[i]
+
+
+class StrokeDataset(SeriesDataset):
     """Handwriting sequences [pen, dx, dy] held in memory (whole sequences per batch row).
 
     ``files``: the source file of each sequence (an archive repeats); ``names``: each sequence's name.
     """
 
     def __init__(self, sequences: Sequence[np.ndarray], names: Sequence[str], files: Sequence[Path]):
-        self._seqs = [np.asarray(s, np.float32) for s in sequences]
-        self.names, self.files = list(names), [Path(f) for f in files]
-        self.lengths = np.array([len(s) for s in self._seqs], dtype=np.int64)
-        self.dim, self.segment, self.stream_steps = 3, None, STROKE_STREAM_STEPS
-
-    def _raw(self, i: int) -> np.ndarray:
-        return self._seqs[i]
+        super().__init__(sequences, names, files, dim=3)

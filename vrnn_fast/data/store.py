@@ -6,7 +6,7 @@ frame size and normaliser, and writes a folder:
 - ``{split}.frames.npy`` (split: train, valid, test): the raw frames of every sequence back to back, (N, D).
   Speech: int16, ``round(sample * 32768)`` clipped to [-32768, 32767]; read back as ``q / 32768``, at most
   1/32768 of full scale off the float waveform before normalisation (0.5/32768 but at +1), and exact for 16-bit
-  PCM read at its own rate. Handwriting: float32 rows [pen, dx, dy], exact.
+  PCM read at its own rate. Handwriting: float32 rows [pen, dx, dy], exact. Series: float32 rows, exact.
 - ``{split}.index.npy``: (n, 2) int64 rows [offset, length] of each sequence in the frames array.
 - ``manifest.json``: format version, source, options, normaliser, each split's files (and sequence names), the
   source files with their sizes, the skipped files, and the size and sha256 of every array file.
@@ -40,9 +40,19 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import AudioConfig
-from .batching import AudioDataset, StrokeDataset
+from .batching import AudioDataset, SeriesDataset, StrokeDataset
 from .errors import DataError
-from .splits import DEFAULT_SPEECH, Normalizer, Splits, _resolve, open_splits
+from .splits import (
+    DEFAULT_SPEECH,
+    RAW_COLUMNS,
+    Normalizer,
+    Splits,
+    _check_normalizer,
+    _check_segment,
+    _resolve,
+    fit_normalizer,
+    open_splits,
+)
 
 FORMAT = "vrnn-fast frame store"
 VERSION = 1
@@ -139,21 +149,22 @@ def _source_text(source) -> str:
 
 def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: int = 0,
             skip_bad: bool = False, normalizer: Normalizer | None = None, force: bool = False,
-            progress: bool = True) -> FrameStore:
+            progress: bool = True, normalize: str = "auto") -> FrameStore:
     """Decode ``source`` once into a frame store at ``out`` (see the module docstring); returns it opened.
 
     ``source``, ``kind``, ``audio`` (sample rate and frame size; segments are cut when batches are drawn),
-    ``seed`` (the split's), ``skip_bad`` and ``normalizer`` (None: fit on the train split) are those of
-    :func:`~vrnn_fast.data.open_splits`. A finished store at ``out`` prepared with the same source and options
-    is kept (with a warning saying so) unless ``force``; one with other options needs ``force``. The folders a
-    killed prepare of ``out`` left (``<out>.tmp-<pid>``, ``<out>.old-<pid>``) are removed, with a warning.
-    Raises DataError for an unusable source, an ``out`` that exists and is not a frame store, or another
-    prepare of ``out`` running now.
+    ``seed`` (the split's), ``skip_bad``, ``normalizer`` (None: fit on the train split as ``normalize`` says)
+    and ``normalize`` are those of :func:`~vrnn_fast.data.open_splits`. A finished store at ``out`` prepared
+    with the same source and options is kept (with a warning saying so) unless ``force``; one with other options
+    needs ``force``. The folders a killed prepare of ``out`` left (``<out>.tmp-<pid>``, ``<out>.old-<pid>``) are
+    removed, with a warning. Raises DataError for an unusable source, an ``out`` that exists and is not a frame
+    store, or another prepare of ``out`` running now.
     """
     out = Path(out).expanduser()
     _remove_leftovers(out)
     options = {"kind": kind, "sample_rate": audio.sample_rate, "frame_size": audio.frame_size, "seed": seed,
-               "skip_bad": skip_bad, "normalizer": None if normalizer is None else normalizer.to_dict()}
+               "skip_bad": skip_bad, "normalizer": None if normalizer is None else normalizer.to_dict(),
+               "normalize": normalize}
     if is_store(out) and not force:
         try:
             store = open_store(out, verify=False)
@@ -170,9 +181,8 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
         raise DataError(f"{out} exists and is not a frame store; give a new or empty folder")
     kind, _, _ = _resolve(source, kind)
     speech = kind == "speech"
-    raw_columns = 0 if speech else 1
     splits = open_splits(source, kind=kind, audio=audio, seed=seed, skip_bad=skip_bad,
-                         normalizer=normalizer or Normalizer(0.0, 1.0, raw_columns))  # fit below, while writing
+                         normalizer=normalizer or Normalizer(0.0, 1.0, RAW_COLUMNS[kind]))  # fit below, while writing
     desc = _source_text(source)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
@@ -184,7 +194,7 @@ def prepare(source, out, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: 
             for name, ds in datasets.items():
                 stream = _write_split(tmp, name, ds, speech, bar, arrays)
                 if name == "train" and normalizer is None:
-                    normalizer = Normalizer.fit(stream, raw_columns, what=f"the training split of {desc}")
+                    normalizer = fit_normalizer(kind, stream, normalize, what=f"the training split of {desc}")
                 for _ in stream:  # all of it, or what the fit left (nothing)
                     pass
         manifest = _manifest(source, options, splits, datasets, normalizer, speech, arrays)
@@ -327,12 +337,12 @@ class FrameStore:
         return SplitReader(self.frames[split], self.index[split], audio=self.kind == "speech")
 
     def splits(self, kind: str = "auto", audio: AudioConfig = _AUDIO, seed: int | None = None,
-               normalizer: Normalizer | None = None) -> Splits:
+               normalizer: Normalizer | None = None, segment_steps: int | None = None) -> Splits:
         """The datasets of the store, as ``open_splits`` gives them for its source.
 
         ``audio``: its sample rate and frame size must be the store's; its segment length is free. ``seed``:
         the split's (None or the store's; the split is fixed when the store is prepared). ``normalizer``:
-        None for the store's.
+        None for the store's. ``segment_steps``: series only, as in ``open_splits`` (free).
         """
         m, opts = self.manifest, self.manifest["options"]
         if kind not in ("auto", m["kind"]):
@@ -345,18 +355,20 @@ class FrameStore:
             raise DataError(f"frame store {self.path} holds {opts['frame_size']}-sample frames at "
                             f"{opts['sample_rate']} Hz, not {audio.frame_size} at {audio.sample_rate} Hz "
                             "(--sample-rate); prepare another store for these")
+        _check_segment(m["kind"], segment_steps)
         normalizer = normalizer or self.normalizer
-        if normalizer.raw_columns != (0 if speech else 1):
-            raise ValueError(f"the given normalizer has raw_columns={normalizer.raw_columns}, but {m['kind']} "
-                             f"data needs {0 if speech else 1}")
+        _check_normalizer(normalizer, m["kind"], m["dim"])
         datasets = []
         for name in SPLITS:
             entry, lengths = m["splits"][name], self.index[name][:, 1]
             reader = self.reader(name)
             if speech:
                 ds = AudioDataset(entry["files"], lengths, audio, reader=reader)
-            else:  # handwriting is small: the datasets hold views of the memory map
+            elif m["kind"] == "handwriting":  # the datasets hold views of the memory map
                 ds = StrokeDataset([reader(i) for i in range(len(lengths))], entry["names"], entry["files"])
+            else:
+                ds = SeriesDataset([reader(i) for i in range(len(lengths))], entry["names"], entry["files"],
+                                   m["dim"], segment_steps)
             ds.normalizer = normalizer
             datasets.append(ds)
         skipped = [(Path(f), why) for f, why in m["skipped"]]
