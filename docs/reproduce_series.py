@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -200,7 +201,7 @@ def score_anomaly(runs: Path) -> dict:
     data = runs / "data" / ANOMALY
     series, labels = np.load(data / "series.npy"), np.load(data / "labels.npy")
     normal = np.concatenate(list(np.load(data / "normal.npz").values()))
-    scores = {"|z-score| of the raw value": zscore_scores(normal, series)}
+    scores = {"absolute z-score of the raw value": zscore_scores(normal, series)}
     for model in ("rnn-gauss", "vrnn-gauss"):
         net, normalizer, _ = load_model(runs / ANOMALY / model / "seed0" / "best.pt", backend="torch")
         start = time.time()
@@ -227,9 +228,15 @@ def collect(runs: Path, facts: dict, anomaly: dict) -> dict:
     for data_set, model, seed in cells():
         out = runs / data_set / model / f"seed{seed}"
         r = json.loads((out / "test.json").read_text())
+        r["checkpoint"] = os.path.relpath(r["checkpoint"], REPO)
         ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
         r["parameters"] = sum(v.numel() for v in ckpt["model"].values())
         r["seconds"] = int((out / "seconds.txt").read_text())
+        valid = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"valid"' in line]
+        valid = [v for v in valid if v.get("kind") == "valid"]
+        r["valid_sequences"] = valid[-1]["sequences"]
+        valid = [v["elbo_per_frame"] for v in valid]
+        r["valid_best"], r["valid_last"] = max(valid), valid[-1]  # validation ELBO per step: best, at the end
         results["runs"][f"{data_set}/{model}/seed{seed}"] = r
     return results
 
@@ -242,6 +249,18 @@ def verdict(name: str, rnn: list[dict], vrnn: list[dict], kind: str) -> str:
             f"(seed by seed): the VRNN is higher in {wins} of {len(gaps)} seed(s).")
 
 
+def still_improving(rr: dict, sets) -> str:
+    """A line naming the runs of these sets whose best validation came at the last update (more would help)."""
+    last = [k for k, r in rr.items() if k.split("/")[0] in sets and r["valid_last"] == r["valid_best"]]
+    return ("- Runs still improving when their update budget ended (best validation at the last update): "
+            f"{', '.join(last) or 'none'}.")
+
+
+def valid_trend(runs: list[dict]) -> str:
+    """Best and last validation ELBO per step of each run: a last far below the best is overfitting."""
+    return "; ".join(f"{r['valid_best']:.2f} / {r['valid_last']:.2f}" for r in runs)
+
+
 def mean_sd(values) -> str:
     return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
 
@@ -252,8 +271,10 @@ def write_document(runs: Path, results: dict) -> None:
     def cell(key):
         return rr[key]
 
-    lines = [TEXT["intro"], "## Commands\n", "Every run below is these two commands (shown for seed 0 of each "
-             "set's VRNN-Gauss; other runs differ in `--preset`, `--output`, `--seed` and the paths). "
+    minutes = sum(r["seconds"] for r in rr.values()) / 60
+    lines = [TEXT["intro"].format(minutes=minutes), "## Commands\n",
+             "Every run below is these two commands (shown for seed 0 of each set's VRNN; other runs differ in "
+             "`--preset`, `--output`, `--seed` and the paths). "
              "`python docs/reproduce_series.py` writes the data (`runs/series-reproduction/data`, with "
              "`save_npz`), runs them (as `python -m vrnn_fast ...`, OMP_NUM_THREADS=1, two at a time) and "
              "rewrites this document.\n"]
@@ -261,10 +282,12 @@ def write_document(runs: Path, results: dict) -> None:
         cmds = commands(runs, data_set, model, 0)
         lines += [f"**{data_set}**\n", "```bash", *(show(c) for c in cmds), "```\n"]
 
-    lines.append(TEXT["classification"].format(**{f"{k}_{f}": v for k in CLASSIFICATION
-                                                  for f, v in facts[k].items()}))
+    values = {f"{k}_{f}": v for k in CLASSIFICATION for f, v in facts[k].items()}
+    values.update({f"{k}_steps": steps for k, (steps, _, _) in CLASSIFICATION.items()})
+    lines.append(TEXT["classification"].format(**values))
     lines += ["| set | model | parameters | test ELBO / step | test log-lik. (IS-40) / step | KL / step | "
-              "seconds (train + eval) |", "|---|---|---|---|---|---|---|"]
+              "best-valid update | valid ELBO / step, best / last | seconds (train + eval) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, (_, models, seeds) in CLASSIFICATION.items():
         for m in models:
             rs = [cell(f"{name}/{m}/seed{s}") for s in seeds]
@@ -272,6 +295,8 @@ def write_document(runs: Path, results: dict) -> None:
                          f"{mean_sd([r['elbo_per_frame'] for r in rs])} | "
                          f"{mean_sd([r['log_likelihood_per_frame'] for r in rs])} | "
                          f"{mean_sd([r['kl_per_frame'] for r in rs])} | "
+                         f"{' / '.join(str(r['step']) for r in rs)} | "
+                         f"{valid_trend(rs)} | "
                          f"{' / '.join(str(r['seconds']) for r in rs)} |")
     lines.append(TEXT["classification_after"])
     for name, (_, models, seeds) in CLASSIFICATION.items():
@@ -279,42 +304,56 @@ def write_document(runs: Path, results: dict) -> None:
             if f"vrnn-{kind}" in models:
                 lines.append("- " + verdict(name, [cell(f"{name}/rnn-{kind}/seed{s}") for s in seeds],
                                             [cell(f"{name}/vrnn-{kind}/seed{s}") for s in seeds], kind))
-    lines.append("")
+    over = [k for k, r in rr.items() if k.split("/")[0] in CLASSIFICATION and r["valid_last"] < r["valid_best"] - 1]
+    lines.append("- Runs whose validation ELBO per step ended more than 1 nat below its best (overfitting; the "
+                 f"best-validation checkpoint is the one scored): {', '.join(over) or 'none'}.")
+    lines.append(still_improving(rr, CLASSIFICATION) + "\n")
 
     a, fa = results["anomaly"], facts[ANOMALY]
+    held = rr[f"{ANOMALY}/vrnn-gauss/seed0"]
     lines.append(TEXT["anomaly"].format(**fa, daphnet=facts["Daphnet_S06R02E0"], window=WINDOW, draws=DRAWS,
-                                        steps=ANOMALY_STEPS, prevalence=a["_prevalence"]))
-    lines += ["| per-frame score | ROC-AUC | PR-AUC | ROC-AUC, mean of 10 | PR-AUC, mean of 10 | frames above "
-              "the anomaly's peak |", "|---|---|---|---|---|---|"]
+                                        n_valid=held["valid_sequences"], n_test=held["sequences"],
+                                        steps=ANOMALY_STEPS, prevalence=a["_prevalence"], smooth=SMOOTH))
+    lines += [f"| per-frame score | ROC-AUC | PR-AUC | ROC-AUC, mean of {SMOOTH} | PR-AUC, mean of {SMOOTH} | "
+              "frames above the anomaly's peak |", "|---|---|---|---|---|---|"]
     for name, s in a.items():
         if not name.startswith("_"):
             lines.append(f"| {name} | {s['roc_auc']:.3f} | {s['pr_auc']:.3f} | {s['roc_auc_10']:.3f} | "
                          f"{s['pr_auc_10']:.3f} | {s['rank_of_peak'] - 1} |")
+    lines.append("")
     scored = {k: v for k, v in a.items() if not k.startswith("_")}
-    for metric, what in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
+    for metric, what in (("roc_auc", "per-frame ROC-AUC"), ("pr_auc", "per-frame PR-AUC"),
+                         ("roc_auc_10", f"ROC-AUC of the mean of {SMOOTH}"),
+                         ("pr_auc_10", f"PR-AUC of the mean of {SMOOTH}")):
         best = max(scored, key=lambda k: scored[k][metric])
-        lines.append(f"- Highest per-frame {what}: {best} ({scored[best][metric]:.3f}).")
+        lines.append(f"- Highest {what}: {best} ({scored[best][metric]:.3f}).")
     vrnn, rnn = scored["VRNN-Gauss kl + nll"], scored["RNN-Gauss kl + nll"]
     beats = all(vrnn[m] > max(v[m] for k, v in scored.items() if k != "VRNN-Gauss kl + nll")
                 for m in ("roc_auc", "pr_auc"))
-    lines.append("- The VRNN's online score " + ("beats both baselines on both metrics." if beats else
-                 f"does not beat both baselines on both metrics (ROC-AUC {vrnn['roc_auc']:.3f} against the RNN's "
-                 f"{rnn['roc_auc']:.3f}; PR-AUC {vrnn['pr_auc']:.3f} against {rnn['pr_auc']:.3f}).") + "\n")
+    outcome = ("beats both baselines on both per-frame metrics." if beats else
+               "does not beat both baselines on both per-frame metrics "
+               f"(ROC-AUC {vrnn['roc_auc']:.3f} against the RNN's {rnn['roc_auc']:.3f}; "
+               f"PR-AUC {vrnn['pr_auc']:.3f} against {rnn['pr_auc']:.3f}).")
+    lines.append(f"- The VRNN's online score {outcome} One series with one labelled anomaly, one training seed per "
+                 "model: a single case, not a general ranking of the two models.\n")
 
     fc = facts["chorales"]
     lines.append(TEXT["chorales"].format(**{k: v for k, v in fc.items() if k != "frames"},
                                          frames=fc["frames"], steps=CHORALE_STEPS))
-    lines += ["| model | parameters | test NLL / step, ELBO bound | test NLL / step, IS-40 | KL / step | seconds |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| model | parameters | test NLL / step, ELBO bound | test NLL / step, IS-40 | KL / step | "
+              "best-valid update | valid ELBO / step, best / last | seconds |", "|---|---|---|---|---|---|---|---|"]
     for m, title in (("rnn", "RNN-Bernoulli"), ("vrnn", "VRNN-Bernoulli")):
         r = cell(f"chorales/{m}/seed0")
         lines.append(f"| {title} | {r['parameters']:,} | {-r['elbo_per_frame']:.3f} | "
-                     f"{-r['log_likelihood_per_frame']:.3f} | {r['kl_per_frame']:.3f} | {r['seconds']} |")
+                     f"{-r['log_likelihood_per_frame']:.3f} | {r['kl_per_frame']:.3f} | {r['step']} | "
+                     f"{valid_trend([r])} | {r['seconds']} |")
     rnn, vrnn = cell("chorales/rnn/seed0"), cell("chorales/vrnn/seed0")
-    better = -vrnn["log_likelihood_per_frame"] < -rnn["nll_per_frame"]
+    better = vrnn["log_likelihood_per_frame"] > rnn["log_likelihood_per_frame"]
     lines.append(f"\nThe VRNN's IS-40 NLL ({-vrnn['log_likelihood_per_frame']:.3f}) is "
-                 f"{'below' if better else 'not below'} the RNN's exact NLL ({-rnn['nll_per_frame']:.3f}) on these "
+                 f"{'below' if better else 'not below'} the RNN's exact NLL ({-rnn['log_likelihood_per_frame']:.3f}) "
+                 "on these "
                  "held-out chorales (one seed).")
+    lines.append(still_improving(rr, ("chorales",)))
     lines.append(TEXT["chorales_after"])
     lines.append(TEXT["licences"])
     DOCUMENT.write_text("\n".join(lines).rstrip() + "\n")
@@ -327,8 +366,9 @@ TEXT = {
 Beyond the paper's speech and handwriting ([reproduction.md](reproduction.md)): RNNs and VRNNs trained with the
 `vrnn-fast` CLI on public data bundled inside the wheels of the `series-data` extra (aeon 1.6, music21 10.5; no
 download), at a size a 2-core CPU trains in a minute or two. Every number here is written by
-`python docs/reproduce_series.py` (about 20 minutes on a 2-core CPU; the measured tables come from its last run,
-with the raw results in [`reproduction-series.json`](reproduction-series.json)).
+`python docs/reproduce_series.py` from its last run (raw results in
+[`reproduction-series.json`](reproduction-series.json); the wall times of its training and test runs add up to
+{minutes:.0f} minutes, one thread each, two at a time on a 2-core CPU shared with other work).
 
 **Models.** The CPU handwriting presets, with `--output` set for the data: `cpu-handwriting-vrnn-*` (LSTM 128,
 z 16, one ReLU layer per block: phi_x and decoder 128, phi_z, encoder and prior 64) and `cpu-handwriting-rnn-*`
@@ -336,20 +376,22 @@ z 16, one ReLU layer per block: phi_x and decoder 128, phi_z, encoder and prior 
 VRNN on pen strokes; on these data the RNN has about as many parameters as the VRNN, or more: see the parameter
 columns).
 `-gauss`: diagonal Gaussian output; `-gmm`: 20 diagonal components over the whole frame; music: Bernoulli.
-`x_dim` is the data's D. Adam, lr 1e-3, batch 32, gradient clip 5, validation every 50 updates, the
-best-validation checkpoint scored. The series are z-scored per feature on the training split (`--normalize
-auto`), so ELBO and log-likelihood are per time step in those units (nats, not comparable across sets); the
-piano rolls are binary and left raw.
+`x_dim` is the data's D. Adam, lr 1e-3, batch 32, gradient clip 5, validation every 50 updates (100 for the
+chorales), the best-validation checkpoint scored. The series are z-scored per feature on the training split
+(`--normalize auto`), so ELBO and log-likelihood are per time step in those units (nats, not comparable across
+sets); the piano rolls are binary and left raw.
 """,
     "classification": """## 1. Multivariate series: JapaneseVowels and BasicMotions (aeon)
 
 aeon's own split, kept by writing each split to its own folder (`train/`, `test/`: the CLI holds out about 5% of
 all sequences from train for validation). JapaneseVowels: {JapaneseVowels_train} train / {JapaneseVowels_test}
 test utterances of 9 speakers, {JapaneseVowels_dim} LPC cepstrum coefficients per step, {JapaneseVowels_lengths[0]}
-to {JapaneseVowels_lengths[1]} steps ({JapaneseVowels_test_frames} test steps), whole sequences, 1500 updates.
-BasicMotions: {BasicMotions_train} / {BasicMotions_test} recordings of {BasicMotions_dim} channels (3-axis
-accelerometer and gyroscope of a smart watch), {BasicMotions_lengths[1]} steps at 10 Hz ({BasicMotions_test_frames}
-test steps), 1000 updates. Seeds 0 and 1 (mean ± sd over the two); higher is better for ELBO and log-likelihood.
+to {JapaneseVowels_lengths[1]} steps ({JapaneseVowels_test_frames} test steps), whole sequences,
+{JapaneseVowels_steps} updates, the four models, seeds 0 and 1 (mean ± sd over the two). BasicMotions:
+{BasicMotions_train} / {BasicMotions_test} recordings of {BasicMotions_dim} channels (3-axis accelerometer and
+gyroscope of a smart watch), {BasicMotions_lengths[1]} steps at 10 Hz ({BasicMotions_test_frames} test steps),
+{BasicMotions_steps} updates (an update costs about 5x one of JapaneseVowels), Gauss models and seed 0 only, to
+fit the time. Higher is better for ELBO and log-likelihood; validation every 50 updates picks the checkpoint.
 """,
     "classification_after": """
 The log-likelihood of a VRNN is the 40-sample importance-sampled bound (at least the ELBO); an RNN's is exact,
@@ -361,14 +403,15 @@ UCR anomaly archive series 135 (InternalBleeding16, from the SIGKDD 2021 anomaly
 et al.): a patient's heart rate, 1 feature, {normal} normal training steps, then a test series of {series} steps
 with one labelled anomaly of {anomalous} steps (steps {anomaly_at[0]}-{anomaly_at[1]}; prevalence
 {prevalence:.4f}, the PR-AUC of a random score). The models train on the normal part cut into {windows} windows
-of {window} steps (the CLI holds out 1 for validation and 1 for test), {steps} updates, seed 0. Then every frame
-of the test series is scored online, one `model.step` at a time from the zero state with the state carried over
-all {series} steps (no reset, no look-ahead): the frame's kl + nll (its -ELBO term), for the VRNN averaged over
-{draws} noise draws (a batch of {draws} copies); the RNN's kl is 0, so its score is the NLL of the frame given
-its past. Baseline without a model: the |z-score| of the raw value against the normal part's mean and std.
-ROC-AUC and PR-AUC (average precision) of the per-frame score against the per-frame labels; also of the causal
-mean of the last 10 scores (a score that only looks back, as an online detector must), and how many frames of
-the test series score above the anomaly's highest frame (0: the anomaly holds the top score).
+of {window} steps (the CLI holds out {n_valid} for validation and {n_test} for test), {steps} updates, seed 0.
+Then every frame of the test series is scored online, one `model.step` at a time from the zero state, the state
+carried over all {series} steps (no reset, no look-ahead): the frame's kl + nll (its -ELBO term), for the VRNN
+averaged over {draws} noise draws (a batch of {draws} copies); the RNN's kl is 0, so its score is the NLL of the
+frame given its past. Baseline without a model: the absolute z-score of the raw value against the normal part's
+mean and std. ROC-AUC and PR-AUC (average precision) of the per-frame score against the per-frame labels; also
+of the mean of the last {smooth} scores (a smoothed score that still only looks back, as an online detector
+must), and how many frames of the test series score above the anomaly's highest frame (0: the anomaly holds the
+top score).
 
 Daphnet_S06R02E0, the other anomaly series aeon 1.6 bundles ({daphnet[series]} steps, {daphnet[dim]} channels),
 is not used: it has no training part and {daphnet[anomalous]} anomalous steps in the bundled excerpt (aeon
@@ -399,12 +442,13 @@ written keys, and models of an LSTM of 128 units trained for minutes on a CPU.
 
 - **aeon** 1.6 (BSD-3-Clause) bundles the sets in `aeon/datasets/data/` of its wheel. JapaneseVowels: UCI
   Machine Learning Repository (Kudo, Toyama and Shimbo 1999, "Multidimensional curve classification using
-  passing-through regions", Pattern Recognition Letters 20), via the UEA multivariate archive; BasicMotions: the
-  UEA multivariate archive (a student project: four people, four activities, a smart watch), as the `.ts`
-  headers say. KDD-TSAD_135: the UCR anomaly archive of the SIGKDD 2021 competition (Keogh, Dutta Roy, Naik and
-  Agrawal 2021), in TimeEval's CSV format; Daphnet_S06R02E0: UCI's Daphnet Freezing of Gait (Roggen, Plotnik
-  and Hausdorff 2013, doi:10.24432/C56K78), as aeon's loader docstrings cite them. The wheel carries no separate
-  licence for the data files; UCI data sets are CC BY 4.0 on the UCI site.
+  passing-through regions", Pattern Recognition Letters 20); BasicMotions: a student project (four people, four
+  activities, a smart watch), as the headers of the `.ts` files (the UEA/UCR archive's format) say.
+  KDD-TSAD_135: the UCR anomaly archive of the SIGKDD 2021 competition (Keogh, Dutta Roy, Naik and Agrawal
+  2021), in TimeEval's CSV format; Daphnet_S06R02E0: UCI's Daphnet Freezing of Gait (Roggen, Plotnik
+  and Hausdorff 2013, doi:10.24432/C56K78), as aeon's loader docstrings cite them. The wheel carries no licence
+  of its own for these data files (aeon's BSD-3 covers its code); each set's terms are those of its origin (the
+  UCI repository's page of the set; the UCR anomaly archive), which this document has not checked further.
 - **music21** 10.5 (BSD-3-Clause software) ships its corpus with `music21/corpus/license.txt`: the encodings are
   distributed with the encoders' permission, each piece out of US copyright or licensed for use, some with
   restrictions on commercial use (see each file). Bach's chorales themselves are in the public domain.
