@@ -293,6 +293,26 @@ def test_kind_detection_and_options(tmp_path):
         open_splits(src, normalizer=Normalizer([0.0, 0.0], [1.0, 1.0]))
 
 
+def test_train_and_test_folders_give_the_split(tmp_path):
+    """Series under train/ and test/ folders keep that split, about 5% of all sequences (seeded) held out of train
+    for valid; a valid/ folder is the valid split; the normaliser is fit on the train split alone."""
+    train, test = sequences(30, seed=1), sequences(10, seed=2)
+    for part in ("train", "test", "valid"):
+        (tmp_path / "d" / part).mkdir(parents=True)
+    save_npz(tmp_path / "d" / "train" / "a.npz", train)
+    save_npz(tmp_path / "d" / "test" / "b.npz", [a + 1000 for a in test])
+    s = open_splits(tmp_path / "d")
+    assert s.test.files == [tmp_path / "d" / "test" / "b.npz"] * 10
+    assert s.train.num_sequences + s.valid.num_sequences == 30 and s.valid.num_sequences == 2  # 5% of 40
+    assert set(s.train.files) == set(s.valid.files) == {tmp_path / "d" / "train" / "a.npz"}
+    assert set(s.train.names).isdisjoint(s.valid.names)
+    assert open_splits(tmp_path / "d", seed=3).valid.names != s.valid.names  # the seed picks the valid ones
+    assert max(s.normalizer.mean) < 500  # the test sequences (offset by 1000) are not in the fit
+    save_npz(tmp_path / "d" / "valid" / "c.npz", sequences(4, seed=3))
+    s = open_splits(tmp_path / "d")
+    assert (s.train.num_sequences, s.valid.num_sequences, s.test.num_sequences) == (30, 4, 10)
+
+
 def test_segments_cut_series_into_masked_pieces(tmp_path):
     s = open_splits(save_npz(tmp_path / "x.npz", sequences(12)), segment_steps=4)
     ds = s.train

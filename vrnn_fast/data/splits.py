@@ -3,12 +3,13 @@ sharing one :class:`Normalizer`.
 
 Sources: a folder (searched recursively), a text file listing files, a list of paths, one handwriting
 file/archive, one series file, or a frame store (:mod:`vrnn_fast.data.store`). Splits: the dataset's own split
-where its layout has one (TIMIT: ``train``/``test`` folders, a ``valid`` or ``dev`` folder if present, else about
-5% of the training speakers; FSDD ``{digit}_{speaker}_{take}.wav``: takes 0-4 are test, about 5% of the rest
-valid), otherwise a deterministic (seeded) 0.9/0.05/0.05 split by file, or by sequence for a single handwriting
-archive and for series. Normaliser (:func:`fit_normalizer`): speech is z-scored with one global scalar mean/std
-fit on the training split (PAPER.md, "Speech data"); handwriting with one scalar mean/std pooled over dx and dy,
-the pen bit left raw; series with a mean/std per feature, or not at all for binary data.
+where its layout has one (``train``/``test`` folders, a ``valid`` or ``dev`` folder if present, else about 5% of
+the training speakers, or of the training sequences for series; FSDD ``{digit}_{speaker}_{take}.wav``: takes
+0-4 are test, about 5% of the rest valid), otherwise a deterministic (seeded) 0.9/0.05/0.05 split by file, or by
+sequence for a single handwriting archive and for series. Normaliser (:func:`fit_normalizer`): speech is
+z-scored with one global scalar mean/std fit on the training split (PAPER.md, "Speech data"); handwriting with
+one scalar mean/std pooled over dx and dy, the pen bit left raw; series with a mean/std per feature, or not at
+all for binary data.
 """
 
 from __future__ import annotations
@@ -370,22 +371,33 @@ def _carve_valid(train: list[int], groups: list[str], n_total: int, seed: int) -
     return [i for i in train if groups[i] not in held], [i for i in train if groups[i] in held]
 
 
+def _folder_split(files: list[Path], root: Path | None, groups: list[str], seed: int):
+    """Train/valid/test index lists from ``train``/``test`` (and ``valid`` or ``dev``) folders under ``root``
+    (TIMIT-style; other files go to train), or None when there are no such folders. Without a valid folder about
+    5% are held out from train, whole ``groups`` at a time."""
+    if root is None:
+        return None
+    tags = []
+    for f in files:
+        parts = [p.lower() for p in f.relative_to(root).parts[:-1]]
+        tag = next((p for p in parts if p in ("train", "test", "valid", "dev")), None)
+        tags.append("valid" if tag == "dev" else tag)
+    if "train" not in tags or "test" not in tags:
+        return None
+    train = [i for i, t in enumerate(tags) if t in ("train", None)]
+    test = [i for i, t in enumerate(tags) if t == "test"]
+    valid = [i for i, t in enumerate(tags) if t == "valid"]
+    if not valid:
+        train, valid = _carve_valid(train, groups, len(files), seed)
+    return train, valid, test
+
+
 def _layout_split(files: list[Path], root: Path | None, seed: int, what: str):
     """Train/valid/test index lists: TIMIT or FSDD layout when recognised, else the seeded random split."""
     n = len(files)
-    if root is not None:
-        tags = []
-        for f in files:
-            parts = [p.lower() for p in f.relative_to(root).parts[:-1]]
-            tag = next((p for p in parts if p in ("train", "test", "valid", "dev")), None)
-            tags.append("valid" if tag == "dev" else tag)
-        if "train" in tags and "test" in tags:  # TIMIT-style folders
-            train = [i for i, t in enumerate(tags) if t in ("train", None)]
-            test = [i for i, t in enumerate(tags) if t == "test"]
-            valid = [i for i, t in enumerate(tags) if t == "valid"]
-            if not valid:  # hold out whole speakers (a file's parent folder)
-                train, valid = _carve_valid(train, [str(files[i].parent) for i in range(n)], n, seed)
-            return train, valid, test
+    split = _folder_split(files, root, [str(f.parent) for f in files], seed)  # valid: whole speakers
+    if split is not None:
+        return split
     names = [_FSDD_NAME.match(f.stem) for f in files]
     if n and all(names):  # FSDD: {digit}_{speaker}_{take}; takes 0-4 are the official test set
         test = [i for i, m in enumerate(names) if int(m.group(3)) <= 4]
@@ -468,9 +480,11 @@ def _open_handwriting(files, desc, seed, skip_bad):
     return make(train), make(valid), make(test), skipped
 
 
-def _open_series(files, desc, seed, skip_bad, segment):
-    """Every sequence of the series files, split 0.9/0.05/0.05 by sequence; D is the number of features of most
-    sequences (ties: the first file's), and a sequence with another D is a bad one."""
+def _open_series(files, root, desc, seed, skip_bad, segment):
+    """Every sequence of the series files, split by the ``train``/``test`` (``valid``) folders under ``root``
+    where there are such (about 5% of the training sequences held out for valid when there is no valid folder),
+    else 0.9/0.05/0.05 by sequence; D is the number of features of most sequences (ties: the first file's), and
+    a sequence with another D is a bad one."""
     seqs, skipped = [], []  # (file, name suffix, rows): the name is f.name + suffix
 
     def bad(f, e):
@@ -498,7 +512,8 @@ def _open_series(files, desc, seed, skip_bad, segment):
             kept.append((f, suffix, a))
         else:
             bad(f, DataError(f"{f}{suffix} has {a.shape[1]} features per step (columns), the other sequences {dim}"))
-    train, valid, test = _random_split(len(kept), seed, f"series source {desc}")
+    split = _folder_split([f for f, _, _ in kept], root, [str(i) for i in range(len(kept))], seed)
+    train, valid, test = split or _random_split(len(kept), seed, f"series source {desc}")
 
     def make(ix):
         return SeriesDataset([kept[i][2] for i in ix], [kept[i][0].name + kept[i][1] for i in ix],
@@ -551,7 +566,7 @@ def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfi
     elif kind == "handwriting":
         train, valid, test, skipped = _open_handwriting(files, desc, seed, skip_bad)
     else:
-        train, valid, test, skipped = _open_series(files, desc, seed, skip_bad, segment_steps)
+        train, valid, test, skipped = _open_series(files, root, desc, seed, skip_bad, segment_steps)
     if skipped:
         lines = "\n".join(f"  {f}: {why}" for f, why in skipped)
         what = "file(s) or sequence(s)" if kind == "series" else "file(s)"
