@@ -19,7 +19,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 # import soundfile (vrnn_fast.data).
 shopt -s nullglob
 GPU_TESTS=(tests/test_kernels_*.py tests/test_triton_model.py tests/test_recurrence*.py tests/test_graphs.py
-           tests/test_sm90_compile.py)
+           tests/test_sm90_compile.py tests/test_loader_cuda.py)
 BENCH=(benchmarks/ --benchmark-only -m "not cpu_group" -q -p no:cacheprovider)
 
 if [ "${1:-}" = --collect-only ]; then

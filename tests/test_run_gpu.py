@@ -27,10 +27,17 @@ def image_env(tmp_path_factory):
     return env
 
 
-@pytest.mark.parametrize("module", [*MISSING, "vrnn_fast.data"])
+@pytest.mark.parametrize("module", MISSING)
 def test_stubs_make_the_audio_modules_unimportable(image_env, module):
     run = subprocess.run([sys.executable, "-c", f"import {module}"], env=image_env, capture_output=True, text=True)
     assert run.returncode != 0 and "ModuleNotFoundError: No module named" in run.stderr, run.stderr[-500:]
+
+
+def test_the_data_package_imports_without_them(image_env):
+    """Stores, series and strokes need neither (they are imported when an audio file is read)."""
+    run = subprocess.run([sys.executable, "-c", "import vrnn_fast.data, vrnn_fast.train"], env=image_env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
 
 
 def test_collection_needs_neither_soundfile_nor_soxr(image_env):
@@ -39,7 +46,7 @@ def test_collection_needs_neither_soundfile_nor_soxr(image_env):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     collected = {line.split("::")[0] for line in run.stdout.splitlines() if "::" in line}
     selected = {"tests/test_kernels_densities.py", "tests/test_kernels_lstm_gaussian.py", "tests/test_triton_model.py",
-                "tests/test_sm90_compile.py", "tests/test_graphs.py"}
+                "tests/test_sm90_compile.py", "tests/test_graphs.py", "tests/test_loader_cuda.py"}
     assert selected <= collected
     assert not collected & {"tests/test_data.py", "tests/test_cli.py", "tests/test_train.py"}
     assert {"benchmarks/bench_kernels.py", "benchmarks/bench_model.py"} <= collected

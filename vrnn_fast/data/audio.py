@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from .errors import DataError
 
@@ -68,6 +66,9 @@ def read_audio(path, sample_rate: int) -> np.ndarray:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     if not path.is_file():
         raise DataError(f"audio file not found: {path}")
+    import soundfile as sf  # here, not at the top: stores, series and strokes work without soundfile and soxr
+    import soxr
+
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
@@ -92,6 +93,8 @@ _CUT_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE
 def _warn_if_cut_short(path: Path) -> None:
     """Warns when libsndfile found less audio than the file's header promises (a file cut short with its
     header intact, e.g. an interrupted copy): the samples present are used."""
+    import soundfile as sf
+
     try:
         found = _CUT_SHORT.search(sf.info(str(path)).extra_info)
     except Exception:  # the read itself succeeded; a header it cannot describe says nothing more
@@ -115,6 +118,8 @@ def frames(wave: np.ndarray, frame_size: int) -> np.ndarray:
 
 def _audio_frames_count(path: Path, audio: AudioConfig) -> int:
     """Frames the file will give, from its header alone (DataError if the header cannot be read)."""
+    import soundfile as sf
+
     try:
         info = sf.info(str(path))
     except Exception as e:
