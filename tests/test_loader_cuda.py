@@ -13,8 +13,9 @@ from vrnn_fast.data import open_splits, save_npz
 from vrnn_fast.data.loader import BatchStream, loader
 from vrnn_fast.train import TrainConfig, Trainer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="pinned memory and non-blocking copies need a CUDA device; this machine has none")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="pinned memory and non-blocking copies need a CUDA device, and this machine has none")
 
 
 @pytest.fixture
