@@ -127,8 +127,9 @@ class _LinearGmmNLL(torch.autograd.Function):
             w = torch.div(neg_gr, s, out=s)  # -g r / s
             d_mu = w * z
             neg_sig = torch.neg(sp).expm1_()  # sigmoid(a) = 1 - exp(-softplus(a))
-            d_a = torch.sub(w, z.mul_(d_mu), out=z).mul_(neg_sig)  # (d mu z - w) sigmoid(a)
-            d_xT.append(d_mu.sum(1))
+            d_a = torch.addcmul(w, z, d_mu, value=-1.0, out=z).mul_(neg_sig)  # (d mu z - w) sigmoid(a)
+            if ctx.needs_input_grad[1]:
+                d_xT.append(d_mu.sum(1))
             for d_p, weight, d_w, d_b in ((d_mu, w_mu, d_w_mu, d_b_mu), (d_a, w_sigma, d_w_sigma, d_b_sigma)):
                 d_p = d_p.view(-1, N)
                 d_w.append(d_p @ hidden)
