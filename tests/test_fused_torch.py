@@ -90,6 +90,7 @@ def linear_gmm_inputs(lead, W, D, K, dtype=torch.float64, scale=1.0, a_shift=0.0
     return [t.requires_grad_() for t in (hidden, x, *heads)]
 
 
+@pytest.mark.parametrize("skip_masked", [True, False], ids=["masked-rows-skipped", "masked-rows-computed"])
 @pytest.mark.parametrize(("lead", "W", "D", "K", "chunk", "scale", "a_shift"), [
     ((6, 7), 16, 200, 20, None, 1.0, 0.0),  # the paper's D and K, one chunk
     ((6, 7), 16, 200, 20, 3000, 1.0, 0.0),  # chunks of 3 d's and a last one of 2
@@ -98,7 +99,9 @@ def linear_gmm_inputs(lead, W, D, K, dtype=torch.float64, scale=1.0, a_shift=0.0
     ((4, 3), 5, 7, 2, 50, 1.0, 25.0),  # a > 20: softplus(a) = a (its threshold)
     ((4, 3), 5, 7, 2, 50, 1.0, -40.0),  # sigma at its floor, sigmoid(a) ~ 1e-17
 ])
-def test_linear_gmm_nll_matches_reference_float64(monkeypatch, lead, W, D, K, chunk, scale, a_shift):
+def test_linear_gmm_nll_matches_reference_float64(monkeypatch, lead, W, D, K, chunk, scale, a_shift, skip_masked):
+    """Both ways of masking: rows left out (CPU, eager) and rows computed then masked (torch.compile, GPUs)."""
+    monkeypatch.setattr(fused_torch, "_skips_masked_rows", lambda t: skip_masked)
     if chunk is not None:
         monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", chunk)
     inputs = linear_gmm_inputs(lead, W, D, K, scale=scale, a_shift=a_shift)
@@ -111,12 +114,24 @@ def test_linear_gmm_nll_matches_reference_float64(monkeypatch, lead, W, D, K, ch
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
 
 
-def test_linear_gmm_nll_gradcheck_in_chunks_and_float32(monkeypatch):
-    monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", 8)  # 2 d's of K * N = 4 per chunk: 3 chunks
+@pytest.mark.parametrize("skip_masked", [True, False])
+def test_linear_gmm_nll_gradcheck_in_chunks(monkeypatch, skip_masked):
+    monkeypatch.setattr(fused_torch, "_skips_masked_rows", lambda t: skip_masked)
+    monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", 8)  # 2 d's of K * N = 4 (or 3) per chunk: 3 chunks
     inputs = linear_gmm_inputs((4,), 3, 5, 1)
     mask = torch.tensor([True, False, True, True])
     assert torch.autograd.gradcheck(lambda *t: linear_gmm_nll(*t, 1e-2, mask), inputs)
-    monkeypatch.undo()
+
+
+def test_linear_gmm_nll_with_every_row_masked():
+    inputs = linear_gmm_inputs((2, 3), 4, 5, 2)
+    nll = linear_gmm_nll(*inputs, 1e-4, torch.zeros(2, 3, dtype=torch.bool))
+    assert nll.shape == (2, 3) and (nll == 0).all()
+    nll.sum().backward()
+    assert all((t.grad == 0).all() for t in inputs)
+
+
+def test_linear_gmm_nll_float32_error_at_most_twice_plain_pytorch():
     # float32 at the paper's D and K: the error against float64 at most twice plain PyTorch's in float32
     f64 = linear_gmm_inputs((8, 5), 64, 200, 20, seed=3)
     f32 = [t.detach().float().requires_grad_() for t in f64]
