@@ -11,13 +11,14 @@ responsibilities, g the incoming gradient, s = softplus(a) + floor and z = (x - 
 ``linear_gmm_nll``: the GMM decoder's three heads and its density as one Function (FastVRNN's GMM output on the torch
 backend). It works feature-major, every tensor (features, N rows): the heads' product W hidden^T ran 20% faster on
 MKL than hidden W^T at the cpu-speech shapes. And it works in chunks of d: each chunk's head products, elementwise
-work and (in the backward) weight-gradient products run while the chunk is in cache, and only mu and softplus(a)
-are saved, a chunk at a time, so no (N, D, K) tensor is ever allocated whole (on the CPU each such allocation
-page-faulted through all its 20 MB at every call: 35-45 thousand faults, 70-110 ms of system time in a training
-iteration at cpu-speech-vrnn-gmm, none now). The gradients
-are those above, with sigmoid(a) = 1 - exp(-softplus(a)); d W = d[mu | a]^T hidden and d b = sum over rows, per
-chunk; d hidden = sum over chunks and heads of d[mu | a | logits] W. On a CPU (outside torch.compile) the rows the
-mask leaves out are not computed at all: a fifth of the rows at the benchmarks' ragged mask.
+work and (in the backward) weight-gradient products run while the chunk is in cache, and the forward saves the two
+factors of the gradients above, z / s and (z^2 - 1) sigmoid(a) / s, a chunk at a time: the backward makes two
+passes over the (D, K, N) values (d mu and d a, times -g r), and no (N, D, K) tensor is ever allocated whole (on the
+CPU each such 20 MB allocation page-faulted through all its pages at every call: 35-45 thousand faults, 70-110 ms
+of system time in a training iteration at cpu-speech-vrnn-gmm; none now). Per chunk, d W = d[mu | a]^T hidden and
+d b = its sum over rows; d hidden = the sum over chunks and heads of d[mu | a | logits] W. On a CPU (outside
+torch.compile) the rows the mask leaves out are not computed at all: a fifth of the rows at the benchmarks' ragged
+mask.
 """
 
 from __future__ import annotations
@@ -84,53 +85,52 @@ def _chunks(n: int, elements_each: int, device: torch.device) -> list[slice]:
 
 
 class _LinearGmmNLL(torch.autograd.Function):
-    """Feature-major, in chunks of d (rows = the chunk's d * K + k): mu^T = W_mu[rows] hidden^T + b_mu[rows] and
-    softplus(a)^T, each (d's, K, N), are the saved activations; logits^T (K, N) and resp^T (K, N) for all rows."""
+    """Feature-major, in chunks of d (rows = the chunk's d * K + k): mu^T = W_mu[rows] hidden^T + b_mu[rows] and a^T
+    likewise, each (d's, K, N). When ``saves`` (a backward will follow), each chunk's factors of the backward,
+    z / s and (z^2 - 1) sigmoid(a) / s, and logits^T, resp^T (K, N) of all rows are saved."""
 
     @staticmethod
-    def forward(ctx, hidden, xT, w_mu, b_mu, w_sigma, b_sigma, w_coeff, b_coeff, floor, mask):
+    def forward(ctx, hidden, xT, w_mu, b_mu, w_sigma, b_sigma, w_coeff, b_coeff, floor, mask, saves):
         (D, N), K = xT.shape, w_coeff.shape[0]
         hT, b_mu, b_sigma = hidden.t(), b_mu.unsqueeze(1), b_sigma.unsqueeze(1)
-        mus, sps = [], []
+        factors = []
         neg_log_comp = hidden.new_zeros(K, N)  # sum_d [z^2 / 2 + log s]
         for ds in _chunks(D, K * N, hidden.device):
             rows = slice(ds.start * K, ds.stop * K)
             mu = torch.addmm(b_mu[rows], w_mu[rows], hT).unflatten(0, (-1, K))
-            sp = F.softplus(torch.addmm(b_sigma[rows], w_sigma[rows], hT)).unflatten(0, (-1, K))
-            s = sp + floor
-            z = torch.sub(xT[ds].unsqueeze(1), mu).div_(s)
-            neg_log_comp.add_(torch.addcmul(s.log_(), z, z, value=0.5).sum(0))
-            mus.append(mu)
-            sps.append(sp)
+            a = torch.addmm(b_sigma[rows], w_sigma[rows], hT).unflatten(0, (-1, K))
+            s = F.softplus(a).add_(floor)
+            z = mu.neg_().add_(xT[ds].unsqueeze(1)).div_(s)
+            neg_log_comp.add_(torch.addcmul(torch.log(s), z, z, value=0.5).sum(0))
+            if saves:
+                factors.append(z / s)
+                factors.append(z.square_().sub_(1.0).mul_(torch.sigmoid(a)).div_(s))
         logits = torch.addmm(b_coeff.unsqueeze(1), w_coeff, hT)  # (K, N)
         log_joint = torch.log_softmax(logits, dim=0).sub_(neg_log_comp)
         lse = torch.logsumexp(log_joint, dim=0)  # (N,)
-        resp = log_joint.sub_(lse).exp_()  # responsibilities r (K, N)
-        ctx.floor = floor
-        ctx.save_for_backward(hidden, xT, w_mu, w_sigma, w_coeff, logits, resp, mask, *mus, *sps)
+        if saves:
+            resp = log_joint.sub_(lse).exp_()  # responsibilities r (K, N)
+            ctx.save_for_backward(hidden, w_mu, w_sigma, w_coeff, logits, resp, mask, *factors)
         return _masked(lse.neg_().add_(0.5 * LOG_2PI * D), mask)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        hidden, xT, w_mu, w_sigma, w_coeff, logits, resp, mask, *saved = ctx.saved_tensors
-        (D, N), K = xT.shape, w_coeff.shape[0]
+        hidden, w_mu, w_sigma, w_coeff, logits, resp, mask, *factors = ctx.saved_tensors
+        K = w_coeff.shape[0]
         g = _masked(grad, mask)  # (N,)
         neg_gr = resp * g.neg()  # -g r (K, N)
         d_logits = torch.softmax(logits, dim=0).mul_(g).add_(neg_gr)  # g softmax(logits) - g r
         d_hidden = torch.mm(d_logits.t(), w_coeff)  # (N, W), every head's product added below
         d_w_mu, d_b_mu, d_w_sigma, d_b_sigma, d_xT = [], [], [], [], []  # per chunk
-        chunks = _chunks(D, K * N, xT.device)
-        for ds, mu, sp in zip(chunks, saved[:len(chunks)], saved[len(chunks):], strict=True):
-            rows = slice(ds.start * K, ds.stop * K)
-            s = sp + ctx.floor
-            z = torch.sub(xT[ds].unsqueeze(1), mu).div_(s)
-            w = torch.div(neg_gr, s, out=s)  # -g r / s
-            d_mu = w * z
-            neg_sig = torch.neg(sp).expm1_()  # sigmoid(a) = 1 - exp(-softplus(a))
-            d_a = torch.addcmul(w, z, d_mu, value=-1.0, out=z).mul_(neg_sig)  # (d mu z - w) sigmoid(a)
+        start = 0
+        for z_over_s, a_factor in zip(factors[::2], factors[1::2], strict=True):
+            rows = slice(start, start + z_over_s.shape[0] * K)
+            start = rows.stop
+            d_mu = z_over_s * neg_gr  # -g r z / s
             if ctx.needs_input_grad[1]:
                 d_xT.append(d_mu.sum(1))
+            d_a = a_factor * neg_gr  # -g r (z^2 - 1) sigmoid(a) / s
             for d_p, weight, d_w, d_b in ((d_mu, w_mu, d_w_mu, d_b_mu), (d_a, w_sigma, d_w_sigma, d_b_sigma)):
                 d_p = d_p.flatten(0, 1)
                 d_w.append(d_p @ hidden)
@@ -138,7 +138,7 @@ class _LinearGmmNLL(torch.autograd.Function):
                 d_hidden.addmm_(d_p.t(), weight[rows])
         d_x = torch.cat(d_xT).neg_() if ctx.needs_input_grad[1] else None
         return (d_hidden, d_x, *map(torch.cat, (d_w_mu, d_b_mu, d_w_sigma, d_b_sigma)), d_logits @ hidden,
-                d_logits.sum(1), None, None)
+                d_logits.sum(1), None, None, None)
 
 
 def _skips_masked_rows(t: Tensor) -> bool:
@@ -158,10 +158,12 @@ def linear_gmm_nll(hidden: Tensor, x: Tensor, w_mu: Tensor, b_mu: Tensor, w_sigm
     lead, D = hidden.shape[:-1], x.shape[-1]
     hidden, xT = hidden.reshape(-1, hidden.shape[-1]), x.movedim(-1, 0).reshape(D, -1)  # (N, W), (D, N)
     heads = (w_mu, b_mu, w_sigma, b_sigma, w_coeff, b_coeff, float(floor))
+    saves = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, x, *heads[:-1]))
     if mask is None or not _skips_masked_rows(hidden):
-        return _LinearGmmNLL.apply(hidden, xT, *heads, None if mask is None else mask.reshape(-1)).view(lead)
+        mask = None if mask is None else mask.reshape(-1)
+        return _LinearGmmNLL.apply(hidden, xT, *heads, mask, saves).view(lead)
     rows = mask.reshape(-1).nonzero().squeeze(1)
-    nll = _LinearGmmNLL.apply(hidden.index_select(0, rows), xT.index_select(1, rows), *heads, None)
+    nll = _LinearGmmNLL.apply(hidden.index_select(0, rows), xT.index_select(1, rows), *heads, None, saves)
     return hidden.new_zeros(hidden.shape[0]).index_copy(0, rows, nll).view(lead)
 
 
