@@ -33,10 +33,10 @@ from torch.autograd.function import once_differentiable
 from .op_checks import checked
 from .reference import LOG_2PI, TORCH_OPS, _masked
 
-# Elements of one (d's, K, N) chunk of linear_gmm_nll, per device type. CPU: about 1 MB of float32; of 2^16..2^22,
-# 2^18 and 2^19 were fastest at cpu-speech-vrnn-gmm (larger chunks fall out of cache, smaller ones make less
-# efficient products). Other devices: one chunk (each op is a kernel launch there).
-GMM_CHUNK_ELEMENTS = {"cpu": 1 << 18}
+# Elements of one (d's, K, N) chunk of linear_gmm_nll, per device type. CPU: 2 MB of float32; of 2^17..2^22, 2^19
+# and 2^20 were fastest at cpu-speech-vrnn-gmm on 1 and 2 threads (larger chunks fall out of cache, smaller ones
+# make less efficient products and more parallel regions). Other devices: one chunk (each op is a kernel launch).
+GMM_CHUNK_ELEMENTS = {"cpu": 1 << 19}
 
 
 class _GmmNLL(torch.autograd.Function):
