@@ -31,8 +31,8 @@ BACKENDS = ("auto", "torch", "triton")
 class FastVRNN(VRNNBase):
     """Drop-in ``nn.Module`` VRNN; same parameters, ``state_dict`` keys and API as ReferenceVRNN.
 
-    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM density), ``"triton"`` (fused
-    Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
+    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM heads and density), ``"triton"``
+    (fused Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
 
     Example::
 
