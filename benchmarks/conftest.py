@@ -7,6 +7,8 @@
   (a run cut short still leaves what it measured); ``--bench-budget-s S`` skips the cases that would
   start after S seconds of the session (the script orders the costly ones last); without CUDA it defaults
   to CPU_BUDGET_S, so the CPU group stays short (``--bench-budget-s 0``: no limit).
+- ``--bench-threads N``: ``torch.set_num_threads(N)`` for the session (CPU ratios are steadier at 1 on a shared
+  machine); ``meta["torch_threads"]`` records the count either way.
 - ``ceilings``: the roofline ceilings of the GPU the session runs on (``roofline.device_for``), None on
   a CPU or a GPU without a row in roofline.py (no floors then).
 """
@@ -40,6 +42,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("vrnn_fast benchmarks")
     group.addoption("--bench-out", default=None, metavar="PATH.json",
                     help="write the results JSON here and the markdown summary beside it (PATH.md)")
+    group.addoption("--bench-threads", type=int, default=None, metavar="N",
+                    help="torch.set_num_threads(N) for the session (default: torch's own; meta records it)")
     group.addoption("--bench-budget-s", type=float, default=None, metavar="S",
                     help="skip benchmark cases that would start more than S seconds into the session (0: no limit; "
                          f"default: none with CUDA, {CPU_BUDGET_S:.0f} without)")
@@ -53,6 +57,9 @@ def pytest_configure(config):
     global _results, _out_path
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped with a reason on machines without it")
     config.addinivalue_line("markers", "cpu_group: the small CPU group (runs anywhere; run_gpu.sh deselects it)")
+    threads = config.getoption("--bench-threads")
+    if threads is not None:
+        torch.set_num_threads(threads)
     _results = Results(_meta())
     out = config.getoption("--bench-out")
     _out_path = Path(out) if out else None
@@ -146,7 +153,7 @@ def _meta() -> dict:
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
         "driver": tele.get("driver"), "python": platform.python_version(),
         "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "command": " ".join(sys.argv), "telemetry_start": tele,
+        "command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(), "telemetry_start": tele,
     }
 
 

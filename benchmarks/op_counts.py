@@ -7,6 +7,10 @@ and FastVRNN(triton). Counts depend only on the layer structure, so every width 
 layer counts, x_dim, model and output are the preset's); B = 3 with a ragged mask, noise drawn inside as
 in training.
 
+``syncs`` counts the host synchronisations of one forward. On CPU tensors FastVRNN(torch) with a GMM output has
+one more than on a GPU: ``fused_torch.linear_gmm_nll`` leaves the masked rows out through ``mask.nonzero()``
+there (free on a CPU; never on a GPU or under torch.compile).
+
 Each record also projects the preset's GPU iteration at its own batch and T = 40 on the H200 ceilings of
 ``roofline.py``: the bf16 floor beside the launch time of the loop (eager and inside a CUDA graph).
 

@@ -76,7 +76,7 @@ class Results:
         m = self.meta
         lines = [f"# vrnn_fast benchmark: {m.get('device_name', '?')}, {m.get('date', '?')}", ""]
         for key in ("device_name", "ceilings", "date", "torch", "triton", "cuda", "cudnn", "driver", "python",
-                    "git_commit", "git_dirty", "finished", "wall_s", "command"):
+                    "torch_threads", "git_commit", "git_dirty", "finished", "wall_s", "command"):
             if key in m:
                 lines.append(f"- {key}: {m[key]}")
         tele = m.get("telemetry_start") or {}

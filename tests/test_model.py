@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig
+from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig, fused_torch
+from vrnn_fast import model as fast_model
 
 MODELS = ["vrnn", "vrnn-i", "rnn"]
 OUTPUTS = ["gauss", "gmm", "bigmm", "bernoulli"]
@@ -69,6 +70,29 @@ def test_fast_matches_reference_float64(model, output, masked):
     for name, p in fast.named_parameters():
         assert p.grad is not None and grads_ref[name].grad.abs().max() > 0, name
         assert rel_err(p.grad, grads_ref[name].grad) < 1e-9, name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_gmm_decoder_runs_fused_and_in_chunks(model, monkeypatch):
+    """The GMM output goes through fused_torch.linear_gmm_nll once per call, here in chunks of one d (D = 20)."""
+    monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", 1)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return fused_torch.linear_gmm_nll(*args)
+
+    monkeypatch.setattr(fast_model, "linear_gmm_nll", counted)
+    ref, fast = pair(small_config(model, "gmm"))
+    x, mask, noise = make_batch(fast.config)
+    want, got = ref(x, mask, noise), fast(x, mask, noise)
+    assert calls == [1]
+    torch.testing.assert_close(got.nll, want.nll, rtol=1e-10, atol=1e-10)
+    want.loss.backward()
+    got.loss.backward()
+    grads_ref = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads_ref[name].grad, rtol=1e-9, atol=1e-10, msg=name)
 
 
 def test_loss_definitions_and_mask_semantics():

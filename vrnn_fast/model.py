@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import VRNNConfig
-from .fused_torch import FUSED_TORCH_OPS
+from .fused_torch import FUSED_TORCH_OPS, linear_gmm_nll
 from .recurrence import recurrence
 from .reference import (
     StepResults,
@@ -31,8 +31,8 @@ BACKENDS = ("auto", "torch", "triton")
 class FastVRNN(VRNNBase):
     """Drop-in ``nn.Module`` VRNN; same parameters, ``state_dict`` keys and API as ReferenceVRNN.
 
-    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM density), ``"triton"`` (fused
-    Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
+    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM heads and density), ``"triton"``
+    (fused Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
 
     Example::
 
@@ -77,6 +77,15 @@ class FastVRNN(VRNNBase):
             phi_z_b=[layer.bias.to(dtype) for layer in self.phi_z.layers],
         )
 
+    def _decoder_nll(self, x_t: Tensor, inp: Tensor, start: int, mask_t: Tensor | None, ops, backend: str) -> Tensor:
+        """-log p(x_t | .), (T, B), from the decoder MLP's input (or its layer ``start``'s output): a GMM's heads and
+        density as one fused Function on the torch backend (autocast off), ``ops``'s density otherwise."""
+        dec, floor = self.decoder, self.config.sigma_floor
+        if dec.kind == "gmm" and backend == "torch" and not torch.is_autocast_enabled(x_t.device.type):
+            return linear_gmm_nll(dec.net(inp, start=start), x_t, dec.mu.weight, dec.mu.bias, dec.sigma.weight,
+                                  dec.sigma.bias, dec.coeff.weight, dec.coeff.bias, floor, mask_t)
+        return dec.nll(x_t, inp, floor, mask_t, ops, start=start)
+
     def _steps(self, x, mask, eps, state, want_log_weight):
         cfg, floor = self.config, self.config.sigma_floor
         ops, backend = self._ops(x)
@@ -102,7 +111,7 @@ class FastVRNN(VRNNBase):
         h_prev = hz[:T, :, :H]  # (T, B, H): h_{t-1} of every step
         final = (hz[T, :, :H].to(c0.dtype, copy=True), c_T)
         if not cfg.has_latent:
-            nll = self.decoder.nll(x_t, h_prev, floor, mask_t, ops).t().contiguous()
+            nll = self._decoder_nll(x_t, h_prev, 0, mask_t, ops, backend).t().contiguous()
             zeros = torch.zeros_like(nll)
             return StepResults(kl=zeros, nll=nll, log_pz_qz=zeros if want_log_weight else None,
                                z_mean=None, z_std=None, state=final)
@@ -116,7 +125,7 @@ class FastVRNN(VRNNBase):
         first, n_fz = self.decoder.net.layers[0], cfg.phi_z_dim
         w_dec = torch.cat([first.weight[:, n_fz:], first.weight[:, :n_fz]], 1)
         dec_hidden = F.relu(F.linear(hz[:T], w_dec, first.bias))
-        nll = self.decoder.nll(x_t, dec_hidden, floor, mask_t, ops, start=1)
+        nll = self._decoder_nll(x_t, dec_hidden, 1, mask_t, ops, backend)
         log_pz_qz = None
         if want_log_weight:
             log_pz = standard_normal_log_prob(z) if mu_p is None else -ops.gaussian_nll(z, mu_p, a_p, floor)
