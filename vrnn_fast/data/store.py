@@ -287,10 +287,10 @@ class SplitReader:
             t = np.arange(steps)
             mask = t < (stop - start)[:, None]
             where = np.where(mask, first[:, None] + t, 0)
-        else:
+        else:  # rows of several parts (streams), or none (a row whose stream has ended: all masked)
             n = stop - start
             to = np.cumsum(n) - n  # where each part starts among all the frames
-            row_first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])  # each row's first part
+            row_first = np.flatnonzero(np.r_[len(row) > 0, row[1:] != row[:-1]])  # each row's first part
             dest = to - np.repeat(to[row_first], np.diff(np.r_[row_first, len(row)]))  # where it starts in its row
             part = np.repeat(np.arange(len(parts)), n)
             j = np.arange(int(n.sum())) - to[part]  # each frame's step within its part
