@@ -462,3 +462,13 @@ def test_cli_binary_series_default_to_bernoulli(tmp_path, capsys):
     assert ckpt["model_config"].output == "bernoulli" and ckpt["normalizer"] == Normalizer(0.0, 1.0)
     code, _, err = run(capsys, "train", "--data", src, "--out", tmp_path / "gauss", "--output", "gauss", *FAST)
     assert code == 0 and read_checkpoint(tmp_path / "gauss" / "checkpoint.pt")["model_config"].output == "gauss"
+
+
+def test_cli_raw_continuous_series_keep_the_gaussian_output(tmp_path, capsys):
+    """Left raw (--normalize none, or a store prepared so) is not binary: the default output stays Gaussian."""
+    src = save_npz(tmp_path / "x.npz", sequences(20))
+    prepare(src, tmp_path / "store", normalize="none", progress=False)
+    for name, extra in (("direct", ["--data", src, "--normalize", "none"]), ("store", ["--data", tmp_path / "store"])):
+        code, _, err = run(capsys, "train", *extra, "--out", tmp_path / name, *FAST)
+        assert code == 0, err
+        assert read_checkpoint(tmp_path / name / "checkpoint.pt")["model_config"].output == "gauss"

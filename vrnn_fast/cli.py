@@ -310,9 +310,13 @@ def _train_overrides(args) -> dict:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def _binary_series(splits, normalize: str) -> bool:
-    """Series data that ``--normalize auto`` left raw: every value is 0 or 1 (then the default output is Bernoulli)."""
-    return splits.kind == "series" and normalize == "auto" and splits.normalizer.features is None
+def _binary_series(splits) -> bool:
+    """Series data left raw whose training values are all 0 or 1 (then the default output is Bernoulli)."""
+    from .data.splits import is_binary
+
+    train = splits.train
+    return (splits.kind == "series" and splits.normalizer.features is None
+            and is_binary(train._raw(i) for i in range(len(train.lengths))))
 
 
 def cmd_train(args) -> int:
@@ -389,7 +393,7 @@ def _train(args, ckpt, resume_path, started_dist: bool) -> int:
         changes = {"x_dim": splits.x_dim} if splits.kind == "series" else {}  # any preset fits series data
         if args.output is not None:
             changes["output"] = args.output
-        elif args.preset is None and _binary_series(splits, args.normalize):
+        elif args.preset is None and _binary_series(splits):
             changes["output"] = "bernoulli"
         model_config = VRNNConfig.preset(preset, **changes)
         if "steps" not in overrides and "epochs" not in overrides:

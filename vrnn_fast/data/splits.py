@@ -168,6 +168,11 @@ def _statistic(value) -> float | tuple[float, ...]:
     return tuple(values.tolist())
 
 
+def is_binary(arrays) -> bool:
+    """Whether every value of these arrays is 0 or 1 (binary data: left raw, and modelled as Bernoulli)."""
+    return all(((a == 0) | (a == 1)).all() for a in arrays)
+
+
 def fit_normalizer(kind: str, arrays, normalize: str = "auto", what: str = "training data") -> Normalizer:
     """The normaliser of a training split's raw sequences (each (T_i, D)).
 
@@ -183,7 +188,7 @@ def fit_normalizer(kind: str, arrays, normalize: str = "auto", what: str = "trai
     if kind != "series":
         return Normalizer.fit(arrays, raw_columns, what)
     arrays = list(arrays)
-    if normalize == "auto" and all(((a == 0) | (a == 1)).all() for a in arrays):
+    if normalize == "auto" and is_binary(arrays):
         return Normalizer(0.0, 1.0)
     return Normalizer.fit(arrays, 0, what, per_feature=True)
 
@@ -362,12 +367,13 @@ def _carve_valid(train: list[int], groups: list[str], n_total: int, seed: int) -
     if len(names) < 2:
         raise DataError("the training split is too small to hold out a validation split")
     target = max(1, int(n_total * SPLIT_FRACTIONS[1] + 0.5))
+    sizes = Counter(groups[i] for i in train)
     held, count = set(), 0
     for g in np.random.default_rng(seed).permutation(len(names)):
         if count >= target or len(held) == len(names) - 1:
             break
         held.add(names[g])
-        count += sum(groups[i] == names[g] for i in train)
+        count += sizes[names[g]]
     return [i for i in train if groups[i] not in held], [i for i in train if groups[i] in held]
 
 
