@@ -344,7 +344,7 @@ def test_checkpoint_contents_and_load_model(tmp_path):
     assert set(ckpt) >= {"model_config", "model", "optimizer", "train_config", "normalizer", "progress", "rng"}
     assert set(ckpt["rng"]) >= {"torch", "numpy", "python", "noise"}
     assert ckpt["progress"]["step"] == 2 and ckpt["normalizer"] == Normalizer(0.5, 2.0)
-    assert not path.with_name("checkpoint.pt.tmp").exists()
+    assert not list(path.parent.glob("checkpoint.pt.tmp*"))
     model, norm, config = load_model(path, backend="torch")
     assert config == small_config() and norm == Normalizer(0.5, 2.0) and not model.training
     assert_params_close(params(model), params(trainer.model), atol=0)

@@ -9,7 +9,7 @@ gradient average equals the single-process gradient of the same global batch. Th
 the global batch comes from one seeded generator, the same on every rank, so single- and multi-process runs see
 the same draws.
 
-Checkpoint (a dict, ``torch.load(..., weights_only=True)``-safe; written to ``<name>.tmp``, flushed, fsynced,
+Checkpoint (a dict, ``torch.load(..., weights_only=True)``-safe; written to ``<name>.tmp-<pid>``, flushed, fsynced,
 then ``os.replace``d so a kill never leaves a half-written checkpoint): ``format``, ``model_config``, ``model``
 (state dict), ``optimizer``, ``train_config``, ``normalizer``, ``data`` (how the data was read), ``progress``
 (step, epoch, batch within the epoch, best valid -ELBO per frame, evaluations without improvement), ``tbptt_state``
@@ -227,42 +227,35 @@ class _RecordingWriter:
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to ``<path>.tmp``, fsync, then os.replace: ``path`` is always a whole checkpoint (or absent).
+    """torch.save through :func:`atomic_write`: ``path`` is always a whole checkpoint (or absent).
 
-    On any failure the ``.tmp`` is removed and ``path`` keeps its previous content; an OS error (a full disk,
-    a read-only folder) is raised as one OSError naming ``path`` and the reason."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    On any failure the temporary file is removed and ``path`` keeps its previous content; an OS error (a full
+    disk, a read-only folder) is raised as one OSError naming ``path`` and the reason."""
     writer = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             writer = _RecordingWriter(f)
             torch.save(obj, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         cause = writer.error if writer is not None and writer.error is not None else e
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause)
-            raise OSError(f"cannot write {path}: {reason} (the previous {path.name}, if any, is intact)") from e
+            raise OSError(f"cannot write {path}: {reason} (the previous {Path(path).name}, if any, is intact)") from e
         raise
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike):
-    """A text file to write ``path`` through: ``<path>.tmp-<pid>``, flushed, fsynced and ``os.replace``d onto
-    ``path`` when the block ends, so ``path`` is the whole new file or its previous content, never a part. An
-    error in the block removes the temporary file and propagates (the previous ``path``, if any, is intact)."""
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+    """A file to write ``path`` through (``mode`` "w": text, "wb": binary): ``<path>.tmp-<pid>``, flushed,
+    fsynced and ``os.replace``d onto ``path`` when the block ends, so ``path`` is the whole new file or its
+    previous content, never a part. An error in the block removes the temporary file and propagates (the
+    previous ``path``, if any, is intact)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    text = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with open(tmp, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
