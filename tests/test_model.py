@@ -296,3 +296,13 @@ def test_bernoulli_model_refuses_data_outside_0_1_but_not_padding():
             cls(cfg).double()(padded, None, noise)
         with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
             cls(cfg).double().log_likelihood(x - 0.5, mask, n_samples=2)
+
+
+@pytest.mark.parametrize("output", ["gauss", "gmm"])
+def test_a_bfloat16_model_scores_in_float32(output):
+    """Parameters and data in bfloat16, no autocast: the densities still run (and return) in float32."""
+    config = VRNNConfig.preset("tiny", output=output)
+    model = FastVRNN(config, backend="torch").to(torch.bfloat16)
+    x = torch.randn(2, 5, config.x_dim, dtype=torch.bfloat16)
+    out = model(x)
+    assert out.nll.dtype == torch.float32 and torch.isfinite(out.nll).all()

@@ -31,6 +31,8 @@ from vrnn_fast.triton_ops import TRITON_OPS  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = {"torch": TORCH_OPS, "triton": TRITON_OPS}
+# Ops TRITON_OPS takes from TORCH_OPS as they are: comparing them with the reference would compare it with itself.
+SHARED_OPS = {name for name, fn in vars(TRITON_OPS).items() if fn is getattr(TORCH_OPS, name)}
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 REGIMES = ("plain", "sigma_at_floor", "saturated_logits", "huge_x", "tiny_x", "mixed")
@@ -147,6 +149,8 @@ OP_NAMES = ("lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll", "gmm_n
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_float64_ops_match_the_reference(backend, op):
+    if backend == "triton" and op in SHARED_OPS:
+        pytest.skip(f"TRITON_OPS.{op} is the torch op")
     @PROPERTY
     @given(op_cases(op))
     def check(case):
@@ -161,6 +165,8 @@ def test_float64_ops_match_the_reference(backend, op):
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_float32_ops_are_finite_and_within_2x_of_plain_pytorch(op):
     """Triton in float32 is at most 2x as far from the float64 reference as PyTorch in float32 (+ 2e-6 rel.)."""
+    if op in SHARED_OPS:
+        pytest.skip(f"TRITON_OPS.{op} is the torch op")
     @PROPERTY
     @given(op_cases(op))
     def check(case):

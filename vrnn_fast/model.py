@@ -79,9 +79,10 @@ class FastVRNN(VRNNBase):
 
     def _decoder_nll(self, x_t: Tensor, inp: Tensor, start: int, mask_t: Tensor | None, ops, backend: str) -> Tensor:
         """-log p(x_t | .), (T, B), from the decoder MLP's input (or its layer ``start``'s output): a GMM's heads and
-        density as one fused Function on the torch backend (autocast off), ``ops``'s density otherwise."""
+        density as one fused Function on the torch backend (float32/64, autocast off), ``ops``'s density otherwise."""
         dec, floor = self.decoder, self.config.sigma_floor
-        if dec.kind == "gmm" and backend == "torch" and not torch.is_autocast_enabled(x_t.device.type):
+        if (dec.kind == "gmm" and backend == "torch" and inp.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(x_t.device.type)):  # 16-bit: the density in float32 (dec.nll)
             return linear_gmm_nll(dec.net(inp, start=start), x_t, dec.mu.weight, dec.mu.bias, dec.sigma.weight,
                                   dec.sigma.bias, dec.coeff.weight, dec.coeff.bias, floor, mask_t)
         return dec.nll(x_t, inp, floor, mask_t, ops, start=start)

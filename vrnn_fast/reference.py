@@ -145,12 +145,14 @@ def bernoulli_nll(x: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tens
     return _masked(nll.sum(-1), mask)
 
 
-TORCH_OPS = SimpleNamespace(**{name: checked(name, fn) for name, fn in (
-    ("lstm_cell", lstm_cell), ("reparameterize", reparameterize), ("gaussian_kl", gaussian_kl),
-    ("gaussian_nll", gaussian_nll), ("gmm_nll", gmm_nll), ("bigmm_nll", bigmm_nll),
-    ("bernoulli_nll", bernoulli_nll))})
-"""The op set the models dispatch through, each op with the input checks of ``vrnn_fast.op_checks`` in front
-(ReferenceVRNN calls the plain functions above); ``vrnn_fast.triton_ops.TRITON_OPS`` has the same members."""
+PLAIN_OPS = SimpleNamespace(
+    lstm_cell=lstm_cell, reparameterize=reparameterize, gaussian_kl=gaussian_kl, gaussian_nll=gaussian_nll,
+    gmm_nll=gmm_nll, bigmm_nll=bigmm_nll, bernoulli_nll=bernoulli_nll)
+"""The functions above, unchecked: what ReferenceVRNN's per-step loop calls (its forward checks its inputs once)."""
+
+TORCH_OPS = SimpleNamespace(**{name: checked(name, fn) for name, fn in vars(PLAIN_OPS).items()})
+"""The op set the models dispatch through, each op with the input checks of ``vrnn_fast.op_checks`` in front;
+``vrnn_fast.triton_ops.TRITON_OPS`` has the same members."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ class Decoder(nn.Module):
             return mu, a, self.coeff(hidden)
         return mu, a, self.corr(hidden), self.coeff(hidden), self.pen(hidden).squeeze(-1)
 
-    def nll(self, x: Tensor, inp: Tensor, floor: float, mask: Tensor | None = None, ops=TORCH_OPS,
+    def nll(self, x: Tensor, inp: Tensor, floor: float, mask: Tensor | None = None, ops=PLAIN_OPS,
             start: int = 0) -> Tensor:
         """-log p(x | inp): x (..., D), inp (..., in_dim) (or the output of layer ``start`` of the MLP) -> (...)."""
         params = [to_loss_dtype(p) for p in self.params(inp, start)]

@@ -30,7 +30,6 @@ from . import reference
 from .kernels import densities
 from .kernels import gaussian as kg
 from .kernels import lstm as kl
-from .reference import to_loss_dtype
 
 
 def ops_for(x: Tensor) -> SimpleNamespace:
@@ -268,18 +267,10 @@ def bigmm_nll(x: Tensor, mu: Tensor, a: Tensor, rho_raw: Tensor, logits: Tensor,
     return _BigmmNLL.apply(x, mu, a, rho_raw, logits, pen_logit, float(floor), mask).reshape(lead)
 
 
-def bernoulli_nll(x: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tensor:
-    """-sum_d log Bernoulli(x_d; sigmoid(l_d)) for x (..., D) in [0, 1]; logits (..., D) -> (...).
-
-    PyTorch, not a Triton kernel: ``reference.bernoulli_nll`` (an elementwise softplus pair and a row sum, which
-    torch does in a few passes over (..., D) values that the decoder's GEMM has just written; a fused kernel
-    would save a fraction of that GEMM's time). Same checks (x outside [0, 1] or NaN: ValueError) and dtype rule
-    as the kernels here: the loss in float32, or float64 for float64 inputs.
-    """
-    return reference.bernoulli_nll(to_loss_dtype(x), to_loss_dtype(logits), mask)
-
-
-bernoulli_nll = oc.checked("bernoulli_nll", bernoulli_nll)
+# Bernoulli NLL: the torch op, not a Triton kernel (an elementwise softplus pair and a row sum over (..., D) values the
+# decoder's GEMM has just written; a fused kernel would save a fraction of that GEMM's time). The decoder casts its
+# inputs to the loss dtype, as for the kernels here.
+bernoulli_nll = reference.TORCH_OPS.bernoulli_nll
 
 
 TRITON_OPS = SimpleNamespace(
