@@ -408,7 +408,8 @@ class VRNNBase(nn.Module):
                 raise ValueError(f"state {name} is on {s.device} but the input is on {device}")
             require_finite(s, f"state {name} contains NaN or inf")
 
-    def _check_noise(self, noise: Tensor | None, leading: tuple[int, ...]) -> None:
+    def _check_noise(self, noise: Tensor | None, leading: tuple[int, ...], values: bool = True) -> None:
+        """ValueError unless noise is None or (*leading, Z) (and, with ``values``, finite)."""
         if noise is None:
             return
         if not self.config.has_latent:
@@ -416,7 +417,8 @@ class VRNNBase(nn.Module):
         expected = (*leading, self.config.z_dim)
         if not isinstance(noise, Tensor) or tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {_describe(noise)}")
-        require_finite(noise, "noise contains NaN or inf")
+        if values:
+            require_finite(noise, "noise contains NaN or inf")
 
     def _noise(self, x: Tensor, noise: Tensor | None) -> Tensor | None:
         if not self.config.has_latent:
@@ -513,8 +515,8 @@ class VRNNBase(nn.Module):
         batch = x_t.shape[0]
         if mask_t is not None and (not isinstance(mask_t, Tensor) or tuple(mask_t.shape) != (batch,)):
             raise ValueError(f"mask_t must be a (B,) = ({batch},) bool tensor, got {_describe(mask_t)}")
-        if noise is not None:
-            self._check_noise(noise, (batch,))
+        if noise is not None:  # its shape here, as (B, Z); forward checks its values
+            self._check_noise(noise, (batch,), values=False)
         out = self.forward(x_t[:, None], None if mask_t is None else mask_t[:, None],
                            None if noise is None else noise[:, None], state)
         return OnlineStep(kl=out.kl[:, 0], nll=out.nll[:, 0], state=out.state)
