@@ -428,15 +428,27 @@ written key (no transposition). Split by chorale, seeded (numpy seed 0): 60/20/2
 0, Bernoulli output, NLL in nats per time step (lower is better).
 """,
     "chorales_after": """
-**Context, not a comparison.** The polyphonic-music literature reports test NLL per time step on JSB Chorales:
-382 chorales prepared by Boulanger-Lewandowski, Bengio and Vincent (2012, ICML: RNN-RBM, RNN-NADE) from the MIDI
-files of Allan & Williams (2005, NIPS), with their train/valid/test split (229/76/77), quarter-note steps and
-88-key rolls (MIDI 21-108); STORN (Bayer & Osendorfer 2014), SRNN (Fraccaro et al. 2016, NIPS, whose table also
-collects the earlier models) and others report on the same split. Those numbers are not quoted here: this
-session could not check them against the papers, and they would not be comparable anyway. The data differ:
-music21's own encodings of 331 four-part chorales (Riemenschneider's numbering; not the same selection as the
-382), our own random split, our own sampling of the scores on the quarter-note grid, the chorales in their
-written keys, and models of an LSTM of 128 units trained for minutes on a CPU.
+**Context, not a comparison.** The polyphonic-music literature reports test NLL per time step (nats) on JSB
+Chorales: 382 chorales prepared by Boulanger-Lewandowski, Bengio and Vincent (2012, ICML: RNN-RBM, RNN-NADE) from
+the MIDI files of Allan & Williams (2005, NIPS), with their train/valid/test split (229/76/77) and quarter-note
+steps. Numbers on that split that this project could read in a stored public source:
+
+| source | model | JSB test NLL / step |
+|---|---|---|
+| Chung et al. 2014, arXiv:1412.3555, Table 2 | tanh-RNN / GRU-RNN / LSTM-RNN (~20k parameters) | 9.10 / 8.54 / 8.67 |
+| Krishnan et al. 2017 (AAAI), via Pyro's tutorial | deep Markov model, ELBO bound | 6.93 (also 7.03) |
+| Pyro's DMM tutorial, its own runs | deep Markov model, ELBO bound; 1 / 2 IAF flows | 6.87; 6.82 / 6.80 |
+
+How far each was checked: the Pyro numbers are read from the tutorial itself (pyro-ppl/pyro,
+`tutorial/source/dmm.ipynb`, which notes that the paper gives both 6.93 and 7.03 for one setup); Krishnan et
+al.'s only through it; the 2014 numbers from a public reading note that transcribes the paper's Table 2 with its
+page numbers, not from the PDF. The RNN-RBM / RNN-NADE (2012), STORN (Bayer & Osendorfer 2014) and SRNN
+(Fraccaro et al. 2016) numbers are left out: no stored source for them was found, and none is quoted from memory.
+
+The data differ, so the numbers above frame ours without ranking them: music21's own encodings of 331 four-part
+chorales (Riemenschneider's numbering; not the same selection as the 382), our own random split, our own sampling
+of the scores on the quarter-note grid (88 keys, MIDI 21-108), the chorales in their written keys, and models of an
+LSTM of 128 units trained for minutes on a CPU.
 """,
     "licences": """## Data and licences
 
