@@ -23,12 +23,32 @@ def check_floor(op: str, floor) -> float:
     return float(floor)
 
 
+@torch.library.custom_op("vrnn_fast::raise_unless", mutates_args=())
+def _raise_unless(ok: Tensor, message: str) -> Tensor:
+    """ValueError(message) unless ``ok``; else a copy of ``ok``. For torch.compile on a CPU: ``require`` passes its
+    result to ``torch._assert_async``, which the compiler keeps and so keeps this opaque op, which raises before the
+    assert can fail. (Inductor fuses ``torch._assert_async`` into its C++ kernels, where a failure inside a parallel
+    region aborted the process instead of raising.)"""
+    if not ok:
+        raise ValueError(message)
+    return ok.clone()
+
+
+@_raise_unless.register_fake
+def _(ok, message):
+    return torch.empty_like(ok)
+
+
 def require(ok: Tensor, message: str) -> None:
-    """ValueError(message) unless the bool tensor ``ok`` is True. Inside ``torch.compile`` or a CUDA graph capture
-    the check stays on the device (``torch._assert_async``: no host sync, no graph break; a failure raises
-    RuntimeError with the message on the CPU and a device-side assert on CUDA)."""
-    if torch.compiler.is_compiling() or (ok.is_cuda and torch.cuda.is_current_stream_capturing()):
+    """ValueError(message) unless the bool tensor ``ok`` is True. Inside a CUDA graph capture or ``torch.compile`` on
+    CUDA the check stays on the device (``torch._assert_async``: no host sync, no graph break; a failure is a
+    device-side assert); inside ``torch.compile`` elsewhere it is the opaque op ``vrnn_fast::raise_unless``, which
+    raises the same ValueError without breaking the graph (CPU tensors: no sync to avoid)."""
+    compiling = torch.compiler.is_compiling()
+    if ok.is_cuda and (compiling or torch.cuda.is_current_stream_capturing()):
         torch._assert_async(ok, message)
+    elif compiling:
+        torch._assert_async(torch.ops.vrnn_fast.raise_unless(ok, message), message)
     elif not ok:
         raise ValueError(message)
 
