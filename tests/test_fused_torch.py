@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vrnn_fast import fused_torch, reference
-from vrnn_fast.fused_torch import FUSED_TORCH_OPS, gmm_nll, linear_gmm_nll
+from vrnn_fast.fused_torch import FUSED_TORCH_OPS, gmm_nll, linear_gaussian_nll, linear_gmm_nll
 
 
 def gmm_inputs(lead, D, K, dtype=torch.float64, scale=1.0, seed=0):
@@ -139,6 +139,77 @@ def test_linear_gmm_nll_float32_error_at_most_twice_plain_pytorch():
     plain, plain_grads = value_and_grads(reference_linear_gmm_nll, f32, None)
     got, got_grads = value_and_grads(linear_gmm_nll, f32, None)
     for name, e, p, g in zip(["nll", *LINEAR_GMM_ARGS], [exact, *exact_grads], [plain, *plain_grads],
+                             [got, *got_grads], strict=True):
+        err, plain_err = ((t.double() - e).abs().max().item() for t in (g, p))
+        assert err <= 2 * plain_err + 1e-6 * e.abs().max().item(), (name, err, plain_err)
+
+
+# ---- linear_gaussian_nll: the Gaussian decoder's heads and density in one Function ----
+
+
+LINEAR_GAUSS_ARGS = ["hidden", "x", "w_mu", "b_mu", "w_sigma", "b_sigma"]
+
+
+def reference_linear_gaussian_nll(hidden, x, w_mu, b_mu, w_sigma, b_sigma, floor, mask=None):
+    return reference.gaussian_nll(x, F.linear(hidden, w_mu, b_mu), F.linear(hidden, w_sigma, b_sigma), floor, mask)
+
+
+def linear_gaussian_inputs(lead, W, D, dtype=torch.float64, scale=1.0, a_shift=0.0, seed=0):
+    """The K = 1 case of linear_gmm_inputs, without the logits head."""
+    return linear_gmm_inputs(lead, W, D, 1, dtype, scale, a_shift, seed)[:6]
+
+
+@pytest.mark.parametrize("skip_masked", [True, False], ids=["masked-rows-skipped", "masked-rows-computed"])
+@pytest.mark.parametrize(("lead", "W", "D", "scale", "a_shift"), [
+    ((6, 7), 16, 200, 1.0, 0.0),  # the paper's frame size
+    ((5,), 9, 13, 1.0, 0.0),
+    ((4, 3), 5, 7, 1e3, 0.0),  # |x - mu| ~ 1e3
+    ((4, 3), 5, 7, 1.0, 25.0),  # a > 20: softplus(a) = a (its threshold)
+    ((4, 3), 5, 7, 1.0, -40.0),  # sigma at its floor, sigmoid(a) ~ 1e-17
+])
+def test_linear_gaussian_nll_matches_reference_float64(monkeypatch, lead, W, D, scale, a_shift, skip_masked):
+    monkeypatch.setattr(fused_torch, "_skips_masked_rows", lambda t: skip_masked)
+    inputs = linear_gaussian_inputs(lead, W, D, scale=scale, a_shift=a_shift)
+    inputs[1] = inputs[1].detach().transpose(0, -2).contiguous().transpose(0, -2).requires_grad_()  # x strided
+    mask = torch.rand(lead, generator=torch.Generator().manual_seed(2)) > 0.3
+    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, mask)
+                                            for f in (reference_linear_gaussian_nll, linear_gaussian_nll))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert (got[~mask] == 0).all()
+    for name, a, b in zip(LINEAR_GAUSS_ARGS, got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("skip_masked", [True, False])
+def test_linear_gaussian_nll_gradcheck_and_no_mask(monkeypatch, skip_masked):
+    monkeypatch.setattr(fused_torch, "_skips_masked_rows", lambda t: skip_masked)
+    inputs = linear_gaussian_inputs((4,), 3, 5)
+    assert torch.autograd.gradcheck(lambda *t: linear_gaussian_nll(*t, 1e-2, torch.tensor([1, 0, 1, 1.]) > 0),
+                                    inputs)
+    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, None)
+                                            for f in (reference_linear_gaussian_nll, linear_gaussian_nll))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(LINEAR_GAUSS_ARGS, got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_linear_gaussian_nll_with_every_row_masked_and_without_grad():
+    inputs = linear_gaussian_inputs((2, 3), 4, 5)
+    nll = linear_gaussian_nll(*inputs, 1e-4, torch.zeros(2, 3, dtype=torch.bool))
+    assert nll.shape == (2, 3) and (nll == 0).all()
+    nll.sum().backward()
+    assert all((t.grad == 0).all() for t in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_gaussian_nll(*inputs, 1e-4), reference_linear_gaussian_nll(*inputs, 1e-4))
+
+
+def test_linear_gaussian_nll_float32_error_at_most_twice_plain_pytorch():
+    f64 = linear_gaussian_inputs((8, 5), 64, 200, seed=3)
+    f32 = [t.detach().float().requires_grad_() for t in f64]
+    exact, exact_grads = value_and_grads(reference_linear_gaussian_nll, f64, None)
+    plain, plain_grads = value_and_grads(reference_linear_gaussian_nll, f32, None)
+    got, got_grads = value_and_grads(linear_gaussian_nll, f32, None)
+    for name, e, p, g in zip(["nll", *LINEAR_GAUSS_ARGS], [exact, *exact_grads], [plain, *plain_grads],
                              [got, *got_grads], strict=True):
         err, plain_err = ((t.double() - e).abs().max().item() for t in (g, p))
         assert err <= 2 * plain_err + 1e-6 * e.abs().max().item(), (name, err, plain_err)

@@ -72,18 +72,20 @@ def test_fast_matches_reference_float64(model, output, masked):
         assert rel_err(p.grad, grads_ref[name].grad) < 1e-9, name
 
 
+@pytest.mark.parametrize(("output", "fused"), [("gmm", "linear_gmm_nll"), ("gauss", "linear_gaussian_nll")])
 @pytest.mark.parametrize("model", MODELS)
-def test_fast_gmm_decoder_runs_fused_and_in_chunks(model, monkeypatch):
-    """The GMM output goes through fused_torch.linear_gmm_nll once per call, here in chunks of one d (D = 20)."""
+def test_fast_decoder_runs_fused(model, output, fused, monkeypatch):
+    """The GMM and Gaussian outputs go through their fused_torch Function once per call (the GMM here in chunks of
+    one d, D = 20)."""
     monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", 1)
     calls = []
 
     def counted(*args):
         calls.append(1)
-        return fused_torch.linear_gmm_nll(*args)
+        return getattr(fused_torch, fused)(*args)
 
-    monkeypatch.setattr(fast_model, "linear_gmm_nll", counted)
-    ref, fast = pair(small_config(model, "gmm"))
+    monkeypatch.setattr(fast_model, fused, counted)
+    ref, fast = pair(small_config(model, output))
     x, mask, noise = make_batch(fast.config)
     want, got = ref(x, mask, noise), fast(x, mask, noise)
     assert calls == [1]

@@ -19,6 +19,10 @@ of system time in a training iteration at cpu-speech-vrnn-gmm; none now). Per ch
 d b = its sum over rows; d hidden = the sum over chunks and heads of d[mu | a | logits] W. On a CPU (outside
 torch.compile) the rows the mask leaves out are not computed at all: a fifth of the rows at the benchmarks' ragged
 mask.
+
+``linear_gaussian_nll``: the same for the diagonal Gaussian decoder (FastVRNN's gauss output): both heads as one
+product, [mu | a] = hidden [W_mu; W_sigma]^T + [b_mu; b_sigma], and the density, saving z / s and
+(z^2 - 1) sigmoid(a) / s; the backward is two products with d[mu | a] = -g [z / s | (z^2 - 1) sigmoid(a) / s].
 """
 
 from __future__ import annotations
@@ -141,9 +145,54 @@ class _LinearGmmNLL(torch.autograd.Function):
                 d_logits.sum(1), None, None, None)
 
 
+class _LinearGaussianNLL(torch.autograd.Function):
+    """Row-major: [mu | a] (N, 2D) from one product; when ``saves``, [z / s | (z^2 - 1) sigmoid(a) / s] (N, 2D) is
+    saved, so that d[mu | a] is one product with -g."""
+
+    @staticmethod
+    def forward(ctx, hidden, x, w_mu, b_mu, w_sigma, b_sigma, floor, mask, saves):
+        D = x.shape[1]
+        weight = torch.cat([w_mu, w_sigma])  # (2D, W)
+        ma = torch.addmm(torch.cat([b_mu, b_sigma]), hidden, weight.t())  # (N, 2D)
+        a = ma[:, D:]
+        s = F.softplus(a).add_(floor)
+        z = torch.sub(x, ma[:, :D]).div_(s)
+        nll = torch.addcmul(torch.log(s), z, z, value=0.5).sum(1).add_(0.5 * LOG_2PI * D)
+        if saves:
+            z_over_s = z / s
+            factors = torch.cat([z_over_s, z.square_().sub_(1.0).mul_(torch.sigmoid(a)).div_(s)], 1)
+            ctx.save_for_backward(hidden, weight, mask, factors)
+        return _masked(nll, mask)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        hidden, weight, mask, factors = ctx.saved_tensors
+        D = factors.shape[1] // 2
+        d_ma = factors * _masked(grad, mask).neg().unsqueeze(1)  # -g [z / s | (z^2 - 1) sigmoid(a) / s]
+        d_w, d_b = d_ma.t() @ hidden, d_ma.sum(0)
+        d_x = d_ma[:, :D].neg() if ctx.needs_input_grad[1] else None
+        return d_ma @ weight, d_x, d_w[:D], d_b[:D], d_w[D:], d_b[D:], None, None, None
+
+
 def _skips_masked_rows(t: Tensor) -> bool:
-    """Whether linear_gmm_nll leaves masked rows out (a data-dependent shape): on CPUs, outside torch.compile."""
+    """Whether the linear_*_nll Functions leave masked rows out (a data-dependent shape): on CPUs, outside
+    torch.compile."""
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _apply_to_rows(function, hidden: Tensor, x: Tensor, x_row_dim: int, params: tuple, mask: Tensor | None,
+                   lead: torch.Size) -> Tensor:
+    """function.apply(hidden (N, W), x, *params, mask, saves) -> (N,), viewed ``lead``; x's rows lie along
+    ``x_row_dim``. On a CPU outside torch.compile only the rows ``mask`` keeps are passed (their NLL is 0 and their
+    gradients are 0 either way); elsewhere every row is computed and masked, so that no shape depends on data."""
+    saves = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, x, *params[:-1]))
+    if mask is None or not _skips_masked_rows(hidden):
+        mask = None if mask is None else mask.reshape(-1)
+        return function.apply(hidden, x, *params, mask, saves).view(lead)
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    nll = function.apply(hidden.index_select(0, rows), x.index_select(x_row_dim, rows), *params, None, saves)
+    return hidden.new_zeros(hidden.shape[0]).index_copy(0, rows, nll).view(lead)
 
 
 def linear_gmm_nll(hidden: Tensor, x: Tensor, w_mu: Tensor, b_mu: Tensor, w_sigma: Tensor, b_sigma: Tensor,
@@ -153,18 +202,23 @@ def linear_gmm_nll(hidden: Tensor, x: Tensor, w_mu: Tensor, b_mu: Tensor, w_sigm
 
     hidden (..., W); x (..., D); w_mu, w_sigma (D*K, W); w_coeff (K, W); mask (...) bool -> (...). Leading dims
     must match (no broadcasting). On a CPU outside torch.compile the rows ``mask`` leaves out are not computed at
-    all (``mask.nonzero()``: their NLL is 0 and their gradients are 0 either way); elsewhere every row is computed
-    and masked, so that no shape depends on data."""
+    all (``mask.nonzero()``); elsewhere every row is computed and masked."""
     lead, D = hidden.shape[:-1], x.shape[-1]
     hidden, xT = hidden.reshape(-1, hidden.shape[-1]), x.movedim(-1, 0).reshape(D, -1)  # (N, W), (D, N)
-    heads = (w_mu, b_mu, w_sigma, b_sigma, w_coeff, b_coeff, float(floor))
-    saves = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, x, *heads[:-1]))
-    if mask is None or not _skips_masked_rows(hidden):
-        mask = None if mask is None else mask.reshape(-1)
-        return _LinearGmmNLL.apply(hidden, xT, *heads, mask, saves).view(lead)
-    rows = mask.reshape(-1).nonzero().squeeze(1)
-    nll = _LinearGmmNLL.apply(hidden.index_select(0, rows), xT.index_select(1, rows), *heads, None, saves)
-    return hidden.new_zeros(hidden.shape[0]).index_copy(0, rows, nll).view(lead)
+    params = (w_mu, b_mu, w_sigma, b_sigma, w_coeff, b_coeff, float(floor))
+    return _apply_to_rows(_LinearGmmNLL, hidden, xT, 1, params, mask, lead)
+
+
+def linear_gaussian_nll(hidden: Tensor, x: Tensor, w_mu: Tensor, b_mu: Tensor, w_sigma: Tensor, b_sigma: Tensor,
+                        floor: float, mask: Tensor | None = None) -> Tensor:
+    """``reference.gaussian_nll(x, mu, a, floor, mask)`` of the decoder heads mu = hidden W_mu^T + b_mu and
+    a = hidden W_sigma^T + b_sigma.
+
+    hidden (..., W); x (..., D); w_mu, w_sigma (D, W); mask (...) bool -> (...). Leading dims must match (no
+    broadcasting); masked rows are left out on a CPU outside torch.compile, as in ``linear_gmm_nll``."""
+    lead, D = hidden.shape[:-1], x.shape[-1]
+    hidden, x = hidden.reshape(-1, hidden.shape[-1]), x.reshape(-1, D)  # (N, W), (N, D)
+    return _apply_to_rows(_LinearGaussianNLL, hidden, x, 0, (w_mu, b_mu, w_sigma, b_sigma, float(floor)), mask, lead)
 
 
 FUSED_TORCH_OPS = SimpleNamespace(**{**vars(TORCH_OPS), "gmm_nll": checked("gmm_nll", gmm_nll)})

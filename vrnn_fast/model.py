@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import VRNNConfig
-from .fused_torch import FUSED_TORCH_OPS, linear_gmm_nll
+from .fused_torch import FUSED_TORCH_OPS, linear_gaussian_nll, linear_gmm_nll
 from .recurrence import recurrence
 from .reference import (
     StepResults,
@@ -31,8 +31,8 @@ BACKENDS = ("auto", "torch", "triton")
 class FastVRNN(VRNNBase):
     """Drop-in ``nn.Module`` VRNN; same parameters, ``state_dict`` keys and API as ReferenceVRNN.
 
-    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the GMM heads and density), ``"triton"``
-    (fused Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
+    ``backend``: ``"torch"`` (PyTorch ops; ``vrnn_fast.fused_torch`` for the Gaussian and GMM heads and density),
+    ``"triton"`` (fused Triton kernels) or ``"auto"`` (triton for CUDA tensors, torch otherwise).
 
     Example::
 
@@ -78,13 +78,18 @@ class FastVRNN(VRNNBase):
         )
 
     def _decoder_nll(self, x_t: Tensor, inp: Tensor, start: int, mask_t: Tensor | None, ops, backend: str) -> Tensor:
-        """-log p(x_t | .), (T, B), from the decoder MLP's input (or its layer ``start``'s output): a GMM's heads and
-        density as one fused Function on the torch backend (float32/64, autocast off), ``ops``'s density otherwise."""
+        """-log p(x_t | .), (T, B), from the decoder MLP's input (or its layer ``start``'s output): a GMM's or a
+        Gaussian's heads and density as one fused Function on the torch backend (float32/64, autocast off),
+        ``ops``'s density otherwise (16-bit: the density in float32)."""
         dec, floor = self.decoder, self.config.sigma_floor
-        if (dec.kind == "gmm" and backend == "torch" and inp.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled(x_t.device.type)):  # 16-bit: the density in float32 (dec.nll)
+        fused = (backend == "torch" and inp.dtype in (torch.float32, torch.float64)
+                 and not torch.is_autocast_enabled(x_t.device.type))
+        if fused and dec.kind == "gmm":
             return linear_gmm_nll(dec.net(inp, start=start), x_t, dec.mu.weight, dec.mu.bias, dec.sigma.weight,
                                   dec.sigma.bias, dec.coeff.weight, dec.coeff.bias, floor, mask_t)
+        if fused and dec.kind == "gauss":
+            return linear_gaussian_nll(dec.net(inp, start=start), x_t, dec.mu.weight, dec.mu.bias, dec.sigma.weight,
+                                       dec.sigma.bias, floor, mask_t)
         return dec.nll(x_t, inp, floor, mask_t, ops, start=start)
 
     def _steps(self, x, mask, eps, state, want_log_weight):
