@@ -24,15 +24,21 @@ def value_and_grads(fn, inputs, mask, floor=1e-4):
     return out, torch.autograd.grad(out, inputs, grad)
 
 
+def assert_same_values_and_grads(fused, ref, inputs, mask, names, rtol=1e-9, atol=1e-10):
+    """fused(*inputs, floor, mask) against ref in value (masked rows exactly 0) and in every input's gradient."""
+    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, mask) for f in (ref, fused))
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    if mask is not None:
+        assert (got[~mask] == 0).all()
+    for name, a, b in zip(names, got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize(("lead", "D", "K", "scale"), [((6, 7), 200, 20, 1.0), ((5,), 13, 3, 1e3), ((4,), 7, 2, 1e-6)])
 def test_gmm_nll_matches_reference_float64(lead, D, K, scale):
     inputs = gmm_inputs(lead, D, K, scale=scale)
     mask = torch.rand(lead, generator=torch.Generator().manual_seed(2)) > 0.3
-    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, mask) for f in (reference.gmm_nll, gmm_nll))
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    assert (got[~mask] == 0).all()
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert_same_values_and_grads(gmm_nll, reference.gmm_nll, inputs, mask, ["x", "mu", "a", "logits"])
 
 
 def test_gmm_nll_broadcasts_like_the_reference():
@@ -106,12 +112,7 @@ def test_linear_gmm_nll_matches_reference_float64(monkeypatch, lead, W, D, K, ch
         monkeypatch.setitem(fused_torch.GMM_CHUNK_ELEMENTS, "cpu", chunk)
     inputs = linear_gmm_inputs(lead, W, D, K, scale=scale, a_shift=a_shift)
     mask = torch.rand(lead, generator=torch.Generator().manual_seed(2)) > 0.3
-    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, mask)
-                                            for f in (reference_linear_gmm_nll, linear_gmm_nll))
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    assert (got[~mask] == 0).all()
-    for name, a, b in zip(LINEAR_GMM_ARGS, got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    assert_same_values_and_grads(linear_gmm_nll, reference_linear_gmm_nll, inputs, mask, LINEAR_GMM_ARGS)
 
 
 @pytest.mark.parametrize("skip_masked", [True, False])
@@ -172,12 +173,7 @@ def test_linear_gaussian_nll_matches_reference_float64(monkeypatch, lead, W, D, 
     inputs = linear_gaussian_inputs(lead, W, D, scale=scale, a_shift=a_shift)
     inputs[1] = inputs[1].detach().transpose(0, -2).contiguous().transpose(0, -2).requires_grad_()  # x strided
     mask = torch.rand(lead, generator=torch.Generator().manual_seed(2)) > 0.3
-    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, mask)
-                                            for f in (reference_linear_gaussian_nll, linear_gaussian_nll))
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    assert (got[~mask] == 0).all()
-    for name, a, b in zip(LINEAR_GAUSS_ARGS, got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    assert_same_values_and_grads(linear_gaussian_nll, reference_linear_gaussian_nll, inputs, mask, LINEAR_GAUSS_ARGS)
 
 
 @pytest.mark.parametrize("skip_masked", [True, False])
@@ -186,11 +182,8 @@ def test_linear_gaussian_nll_gradcheck_and_no_mask(monkeypatch, skip_masked):
     inputs = linear_gaussian_inputs((4,), 3, 5)
     assert torch.autograd.gradcheck(lambda *t: linear_gaussian_nll(*t, 1e-2, torch.tensor([1, 0, 1, 1.]) > 0),
                                     inputs)
-    (want, want_grads), (got, got_grads) = (value_and_grads(f, inputs, None)
-                                            for f in (reference_linear_gaussian_nll, linear_gaussian_nll))
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    for name, a, b in zip(LINEAR_GAUSS_ARGS, got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    assert_same_values_and_grads(linear_gaussian_nll, reference_linear_gaussian_nll, inputs, None, LINEAR_GAUSS_ARGS,
+                                 rtol=1e-10, atol=1e-12)
 
 
 def test_linear_gaussian_nll_with_every_row_masked_and_without_grad():
