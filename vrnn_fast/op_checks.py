@@ -55,11 +55,14 @@ def require(ok: Tensor, message: str) -> None:
 
 def require_unit_interval(what: str, x: Tensor, mask: Tensor | None = None) -> None:
     """ValueError naming ``what`` unless every x (..., D) of a row where ``mask`` (...) is True (all rows when
-    None) lies in [0, 1]; NaN fails. Bernoulli data: rows of a padded step are not scored, so not checked."""
-    ok = (x >= 0) & (x <= 1)
+    None) lies in [0, 1]; NaN fails (it propagates into the min and max). Bernoulli data: rows of a padded step are
+    not scored, so not checked."""
     if mask is not None:
-        ok = ok | ~mask.unsqueeze(-1)
-    require(ok.all(), f"{what} must lie in [0, 1] (Bernoulli data), but it holds NaN or values outside [0, 1]")
+        x = torch.where(mask.unsqueeze(-1), x, 0.0)
+    if x.numel():
+        low, high = torch.aminmax(x)
+        require((low >= 0) & (high <= 1),
+                f"{what} must lie in [0, 1] (Bernoulli data), but it holds NaN or values outside [0, 1]")
 
 
 def validate(op: str, parts: list[tuple[str, Tensor, tuple]], mask: Tensor | None = None):

@@ -17,7 +17,9 @@ Forward, step t (h = h_{t-1}, c = c_{t-1}, m = mask[t]; the RNN baselines have o
     (h_t, c_t) = cell(G, c) where m, else (h, c)
 Outputs: hz (T+1, B, H+F) with hz[t] = [h_{t-1} | zf_t] (hz[0, :, :H] = h0; hz[T, :, H:] = 0), cT (B, H), and
 for a VRNN ma (T, B, 2Z) = [mu | a] and z (T, B, Z); then, saved for the backward only: c (T+1, B, H) with
-c[t] = c_{t-1}, G (T, B, 4H), a_1..a_Le (T, B, E), f_1..f_{L_z - 1} (T, B, F).
+c[t] = c_{t-1}, G (T, B, 4H), a_1..a_Le (T, B, E), f_1..f_{L_z - 1} (T, B, F). G holds the gate pre-activations
+on the triton backend and the activations [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] on the torch backend, whose
+backward then needs neither again.
 
 Backward, t = T-1..0 (dh, dc start as the gradients of h_T and c_T), only data gradients per step:
     dG, dc = cell_backward(G, c[t], dh, dc) where m (dG = 0 and dc passes where not m)
@@ -105,21 +107,36 @@ def _pack(bufs: dict) -> list[Tensor]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _right_operand(w: Tensor) -> Tensor:
+    """w^T (K, N) as the right operand of the per-step products x w^T: a contiguous copy when w is small (on a CPU,
+    MKL's (32, K) x (K, N) products ran 10-30% faster from it than from the transposed view at the tiny and
+    cpu-speech encoder sizes, and no faster at 256 x 1024 and above), the view otherwise."""
+    return w.t().contiguous() if w.numel() <= SMALL_WEIGHT else w.t()
+
+
+SMALL_WEIGHT = 1 << 16  # elements
+
+
 def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, enc_w, enc_b, head_w, head_b,
                    phi_z_w, phi_z_b, floor) -> None:
     """The step loop with PyTorch ops, each writing into its slice of the buffers: about L_e + L_z + 13 ops a
     step (bias + ReLU as one ``_addmm_activation``, one product for both encoder heads and one for the gates).
-    Every per-step view is made once, before the loop (a view costs host time like a small op)."""
+    Every per-step view is made once, before the loop (a view costs host time like a small op). The gate
+    activations go to b["G"], where the backward reads them."""
     H, Z = d.H, d.Z
-    hz, h_of, c, G, gx = _steps(b["hz"]), _steps(b["hz"][..., :H]), _steps(b["c"]), _steps(b["G"]), _steps(gates_x)
+    hz, h_of, c, gx = _steps(b["hz"]), _steps(b["hz"][..., :H]), _steps(b["c"]), _steps(gates_x)
+    act = _steps(b["G"])  # [s_i, s_f, tanh(g), s_o] of every step
+    s_i, s_f, t_g, s_o = (_steps(block) for block in b["G"].chunk(4, dim=2))
+    gates = torch.empty_like(b["G"][0])  # the current step's pre-activations
+    gates_g = gates[:, 2 * H:3 * H]
     keep = None if mask is None else _steps(mask[..., None])
     if d.latent:
         acts, fs = [_steps(a) for a in b["acts"]], [_steps(f) for f in b["fs"]] + [_steps(b["hz"][..., H:])]
         ma, mu, a, z = _steps(b["ma"]), _steps(b["ma"][..., :Z]), _steps(b["ma"][..., Z:]), _steps(b["z"])
         enc_x, eps = _steps(enc_x), _steps(eps)
-        w_e1h, head_w = w_e1h.t(), head_w.t()
-        enc_w, phi_z_w = [w.t() for w in enc_w], [w.t() for w in phi_z_w]
-    w_hz = w_hz.t()
+        w_e1h, head_w = _right_operand(w_e1h), _right_operand(head_w)
+        enc_w, phi_z_w = [_right_operand(w) for w in enc_w], [_right_operand(w) for w in phi_z_w]
+    w_hz = _right_operand(w_hz)
     for t in range(d.T):
         if d.latent:
             inp = torch._addmm_activation(enc_x[t], h_of[t], w_e1h, out=acts[0][t])
@@ -129,12 +146,11 @@ def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, en
             inp = torch.addcmul(mu[t], F.softplus(a[t]).add_(floor), eps[t], out=z[t])
             for k in range(d.L_z):
                 inp = torch._addmm_activation(phi_z_b[k], inp, phi_z_w[k], out=fs[k][t])
-        gates = torch.addmm(gx[t], hz[t], w_hz, out=G[t])
-        act = torch.sigmoid(gates)  # [s_i, s_f, ., s_o]; the g block becomes tanh(g) below
-        s_i, s_f, t_g, s_o = act.chunk(4, dim=1)
-        torch.tanh(gates[:, 2 * H:3 * H], out=t_g)
-        c_new = torch.mul(s_f, c[t], out=c[t + 1] if keep is None else None).addcmul_(s_i, t_g)
-        h_new = torch.mul(s_o, torch.tanh(c_new), out=h_of[t + 1] if keep is None else None)
+        torch.addmm(gx[t], hz[t], w_hz, out=gates)
+        torch.sigmoid(gates, out=act[t])  # the g block becomes tanh(g) below
+        torch.tanh(gates_g, out=t_g[t])
+        c_new = torch.mul(s_f[t], c[t], out=c[t + 1] if keep is None else None).addcmul_(s_i[t], t_g[t])
+        h_new = torch.mul(s_o[t], torch.tanh(c_new), out=h_of[t + 1] if keep is None else None)
         if keep is not None:
             torch.where(keep[t], h_new.to(h_of[t].dtype), h_of[t], out=h_of[t + 1])
             torch.where(keep[t], c_new, c[t], out=c[t + 1])
@@ -201,22 +217,24 @@ def _(gates_x, h0, c0, w_hz, mask, enc_x, eps, w_e1h, enc_w, enc_b, head_w, head
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _cell_coefficients(d: _Dims, G: Tensor, c: Tensor, mask: Tensor | None):
-    """For the torch backward, all steps at once: Q (T, B, 4H), Kc (T, B, H), Fc (T, B, H) such that per step
-    dC = dc + dh Kc[t], dG = Q[t] [dC, dC, dC, dh] (per gate block), dc_prev = dC Fc[t]; zero (Fc = 1) where
-    the mask is False, so padded steps pass dc through and give dG = 0."""
+def _cell_coefficients(d: _Dims, act: Tensor, c: Tensor, mask: Tensor | None):
+    """For the torch backward, all steps at once, from the gate activations act = [s_i, s_f, t_g, s_o] (T, B, 4H)
+    that its forward saved: Q (T, B, 4H), Kc (T, B, H), Fc (T, B, H) such that per step dC = dc + dh Kc[t],
+    dG = Q[t] [dC, dC, dC, dh] (per gate block), dc_prev = dC Fc[t]; zero (Fc = 1) where the mask is False, so
+    padded steps pass dc through and give dG = 0. With t_c = tanh(c_t): Q = [s_i (1 - s_i) t_g, s_f (1 - s_f) c_{t-1},
+    (1 - t_g^2) s_i, s_o (1 - s_o) t_c], Kc = s_o (1 - t_c^2), Fc = s_f."""
     H = d.H
-    act = torch.sigmoid(G)
-    s_i, s_f, _, s_o = act.chunk(4, dim=-1)
-    t_g = torch.tanh(G[..., 2 * H:3 * H])
+    act = act.to(torch.promote_types(act.dtype, c.dtype))
+    s_i, s_f, t_g, s_o = act.chunk(4, dim=-1)
     t_c = torch.tanh(c[1:])
-    Q = torch.cat([t_g * s_i * (1 - s_i), c[:-1] * s_f * (1 - s_f), s_i * (1 - t_g * t_g), t_c * s_o * (1 - s_o)],
-                  dim=-1)
-    Kc = s_o * (1 - t_c * t_c)
+    Q = torch.addcmul(act, act, act, value=-1)  # s (1 - s) in the sigmoid blocks
+    torch.addcmul(torch.ones((), dtype=Q.dtype), t_g, t_g, value=-1, out=Q[..., 2 * H:3 * H])  # 1 - t_g^2
+    Q.mul_(torch.cat([t_g, c[:-1], s_i, t_c], dim=-1))
+    Kc = torch.addcmul(s_o, s_o, t_c.square(), value=-1)
     Fc = s_f
     if mask is not None:
         keep = mask[..., None]
-        Q, Kc, Fc = Q * keep, Kc * keep, torch.where(keep, s_f, torch.ones_like(s_f))
+        Q, Kc, Fc = Q.mul_(keep), Kc.mul_(keep), torch.where(keep, s_f, torch.ones_like(s_f))
     return Q, Kc, Fc
 
 
