@@ -17,7 +17,7 @@ on the ceilings of the GPU that ran (none for a GPU roofline.py has no row for).
 
 CPU (``cpu_group``): first the ops and launches per time step of every provider at the paper presets'
 structures (``op_counts.py``; the time recorded is the counting's); then the training iteration at
-``tiny`` and ``cpu-speech-vrnn-gmm`` (B = 32), FastVRNN(torch) against ReferenceVRNN and, last,
+``tiny`` and ``cpu-speech-vrnn-gmm`` (B = 32), FastVRNN(torch) against ReferenceVRNN (alternating rounds) and, last,
 ``torch.compile(ReferenceVRNN)``, plus the 40-sample importance-sampled log-likelihood at ``tiny``
 (``frames`` counts data frames, each evaluated under 40 samples). A first compile of the 40-step reference
 takes many minutes on a small CPU, so the default CPU budget (conftest.CPU_BUDGET_S) skips the compiled
@@ -25,6 +25,9 @@ cases; ``--bench-budget-s 0`` runs them.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import harness
 import op_counts
@@ -42,7 +45,7 @@ GPU_PROVIDERS = ("reference", "fast-torch", "fast-triton", "fast-triton-graphed"
 GPU_ROUNDS, GPU_WARMUP = 5, 2
 GRAPH_WARMUP = 3  # eager calls of the graphed step before it captures (graphed_train_step's warmup)
 CPU_PRESETS, CPU_BATCH = ("tiny", "cpu-speech-vrnn-gmm"), 32
-CPU_ROUNDS, CPU_WARMUP, LOGLIK_SAMPLES = 3, 1, 40
+CPU_ROUNDS, CPU_WARMUP, LOGLIK_SAMPLES = 7, 2, 40
 
 _gpu = pytest.mark.gpu
 
@@ -203,30 +206,61 @@ def test_cpu_op_counts(benchmark, results):
     results.op_counts.extend(counts)
 
 
-def _run_cpu_case(measure, name: str, mode: str, provider: str) -> dict:
+def _cpu_step(name: str, mode: str, provider: str):
+    """One CPU call of a case as a closure: a training iteration, or the 40-sample log-likelihood."""
     device, config = torch.device("cpu"), VRNNConfig.preset(name)
     if provider == "reference-compiled":
         torch._dynamo.reset()
     model = build(provider, config, device)
     inputs = batch(config, CPU_BATCH, device)
     if mode == "train":
-        step = train_step(model, provider, inputs, "float32", device)
-    else:
-        def step():
-            model.log_likelihood(inputs[0], inputs[1], n_samples=LOGLIK_SAMPLES)
-    return measure(step, group="cpu", case=_case_name(name, CPU_BATCH), mode=mode, precision="float32",
-                   provider=provider, reference="reference", device=device, frames=CPU_BATCH * T, rounds=CPU_ROUNDS,
-                   warmup=CPU_WARMUP)
+        return train_step(model, provider, inputs, "float32", device)
+
+    def step():
+        model.log_likelihood(inputs[0], inputs[1], n_samples=LOGLIK_SAMPLES)
+
+    return step
 
 
-CPU_CASES = [(name, "train", provider) for name in CPU_PRESETS for provider in ("reference", "fast-torch")]
-CPU_CASES += [("tiny", "loglik", provider) for provider in ("reference", "fast-torch")]
+def _run_cpu_case(measure, name: str, mode: str, provider: str) -> dict:
+    return measure(_cpu_step(name, mode, provider), group="cpu", case=_case_name(name, CPU_BATCH), mode=mode,
+                   precision="float32", provider=provider, reference="reference", device=torch.device("cpu"),
+                   frames=CPU_BATCH * T, rounds=CPU_ROUNDS, warmup=CPU_WARMUP)
+
+
+CPU_PAIR = ("reference", "fast-torch")
+CPU_CASES = [(name, "train") for name in CPU_PRESETS] + [("tiny", "loglik")]
 
 
 @pytest.mark.cpu_group
-@pytest.mark.parametrize(("name", "mode", "provider"), CPU_CASES)
-def test_cpu_model(measure, name, mode, provider):
-    _run_cpu_case(measure, name, mode, provider)
+@pytest.mark.parametrize(("name", "mode"), CPU_CASES)
+def test_cpu_model(benchmark, request, results, name, mode):
+    """ReferenceVRNN and FastVRNN(torch) timed in alternating rounds (one call of each per round), so that a change
+    in a shared machine's speed during the case weighs on both sides of their ratio alike."""
+    benchmark.group = f"cpu {_case_name(name, CPU_BATCH)} {mode} float32 (a round: {' then '.join(CPU_PAIR)})"
+    steps, first_call_s = {}, {}
+    for provider in CPU_PAIR:
+        steps[provider] = _cpu_step(name, mode, provider)
+        start = time.perf_counter()
+        steps[provider]()
+        first_call_s[provider] = time.perf_counter() - start
+        for _ in range(CPU_WARMUP - 1):
+            steps[provider]()
+    times = {provider: [] for provider in CPU_PAIR}
+
+    def one_round():
+        for provider, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[provider].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=CPU_ROUNDS, iterations=1, warmup_rounds=0)
+    for provider in CPU_PAIR:
+        results.add(dict(name=f"{request.node.nodeid}[{provider}]", group="cpu", case=_case_name(name, CPU_BATCH),
+                         mode=mode, precision="float32", provider=provider, reference="reference", device="cpu",
+                         frames=CPU_BATCH * T, floor_s=None, rounds=CPU_ROUNDS, calls_per_round=1,
+                         first_call_s=first_call_s[provider], median_s=statistics.median(times[provider]),
+                         min_s=min(times[provider]), peak_mem_mib=None, peak_over_resident_mib=None))
 
 
 @pytest.mark.cpu_group
