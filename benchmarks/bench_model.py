@@ -104,7 +104,7 @@ def train_step(model: nn.Module, provider: str, inputs, precision: str, device: 
         step = graphed_train_step(model, opt, *inputs, max_norm=5.0, warmup=GRAPH_WARMUP,
                                   autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
         return lambda: step(*inputs)
-    opt = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(params, lr=1e-4, fused=True)  # as the trainer (vrnn_fast.train) on CPUs and GPUs
 
     def step():
         opt.zero_grad(set_to_none=True)

@@ -598,7 +598,11 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8)
+        # fused: one kernel over every parameter (CPU and CUDA), 5x faster than the per-parameter loop on a CPU at
+        # cpu-speech-vrnn-gmm (20.6 -> 4.1 ms a step on one thread)
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8,
+                                          fused=fused or None)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
