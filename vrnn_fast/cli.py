@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "bad values, (listed) instead of failing")
     t.add_argument("--workers", type=_nonneg_int,
                    help="data loader processes per rank, reading batches while the model steps (the batches are "
-                        "the same for any number); 0 reads them in the training process (default: min(4, CPUs "
-                        "per rank - 1))")
+                        "the same for any number); 0 reads them in the training process (default: 0 for data held "
+                        "in memory, else min(4, CPUs per rank - 1))")
     t.add_argument("--sample-rate", type=_sample_rate, default=16000,
                    help=f"audio sample rate in Hz, {SAMPLE_RATES[0]} to {SAMPLE_RATES[1]} (files are resampled "
                         f"to it)")

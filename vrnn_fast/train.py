@@ -81,9 +81,9 @@ class TrainConfig:
     gradient norm replaces each gradient by 0.1 * parameter, and after each update every non-recurrent weight
     column is capped at L2 norm 1.9365; otherwise an update with a non-finite gradient norm is skipped.
     ``kl_warmup_steps``: the KL weight rises linearly from 0 to 1 over that many updates. ``workers``: loader
-    worker processes reading batches ahead (0: in the training process; None: :func:`default_workers`,
-    min(4, CPUs - 1)); the batches are the same for any number. ``tbptt``: train on
-    consecutive segments of per-row streams and carry the LSTM state between them, reset every
+    worker processes reading batches ahead (0: in the training process; None: 0 when the training data are held
+    in memory, else :func:`default_workers`, min(4, CPUs - 1)); the batches are the same for any number.
+    ``tbptt``: train on consecutive segments of per-row streams and carry the LSTM state between them, reset every
     ``reset_every`` updates (None: only at the start of a pass). ``bf16``: autocast on CUDA (ignored with a
     warning on CPU). Every ``eval_every`` updates, and after the last one (``steps`` or ``epochs`` reached), the
     validation -ELBO per frame is measured (a new best is saved as best.pt); training stops after ``patience``
@@ -587,7 +587,9 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        self.workers = default_workers() if config.workers is None else config.workers
+        self.workers = config.workers
+        if self.workers is None:  # workers pay off where a batch is read from disk: lazy audio, a frame store
+            self.workers = 0 if getattr(train_data, "in_memory", False) else default_workers()
         self.out_dir = Path(config.out_dir)
 
         torch.manual_seed(config.seed)

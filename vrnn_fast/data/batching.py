@@ -101,6 +101,12 @@ class _SequenceDataset:
     def load_cache(self) -> None:
         """Reads now what the dataset keeps in memory (before loader workers copy it); nothing by default."""
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether every sequence is held in memory (then a batch costs a gather, and loader workers only add a
+        fork per pass): sequences given as arrays, unless read from a frame store."""
+        return self._reader is None
+
     def __len__(self) -> int:
         return self.num_sequences
 
@@ -287,6 +293,11 @@ class AudioDataset(_SequenceDataset):
         self._cache: dict[int, np.ndarray] | None = {} if small else None
         if decoded is not None and self._cache is not None:
             self._cache.update(enumerate(decoded))
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the decoded corpus is kept (under the cache limit, not a frame store)."""
+        return self._reader is None and self._cache is not None
 
     def load_cache(self) -> None:
         """Decodes now every file a split under the cache limit keeps (loader workers then share them)."""
