@@ -328,7 +328,8 @@ def _bigmm_rows(
     z2 = ((x2.to(tl.float64) - mu2.to(tl.float64)) / s2w).to(acc_t)
     e = tl.exp(-2.0 * tl.abs(rho_raw.to(tl.float64)))
     mw = RHO_GAP + RHO_MAX * (2.0 * e / (1.0 + e))  # 1 - |rho|
-    log_norm = (0.5 * tl.log(s1w * s1w * s2w * s2w * (mw * (2.0 - mw))) + LOG_2PI).to(acc_t)  # log 2pi s1 s2 sqrt(w)
+    # log 2pi s1 s2 sqrt(w), from each log: (s1 s2)^2 underflows float64 for sigmas under ~1e-77 (floor 0)
+    log_norm = (tl.log(s1w) + tl.log(s2w) + 0.5 * tl.log(mw * (2.0 - mw)) + LOG_2PI).to(acc_t)
     rho_slope = (4.0 * e / ((1.0 + e) * (1.0 + e)) * RHO_MAX).to(acc_t)  # d rho / d rho_raw
     s1, s2, m = s1w.to(acc_t), s2w.to(acc_t), mw.to(acc_t)
     sign = tl.where(rho_raw >= 0, 1.0, -1.0)

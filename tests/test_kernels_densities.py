@@ -88,10 +88,10 @@ OPS = {  # name: (triton op, reference op, inputs at the paper's sizes: make(lea
 }
 
 
-def _run(fn, inputs, mask, grad_out):
+def _run(fn, inputs, mask, grad_out, floor=FLOOR):
     """(loss, grads of every input) for one op; inputs are cloned leaves."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves, FLOOR, mask)
+    out = fn(*leaves, floor, mask)
     out.backward(grad_out.to(out.dtype))
     return out.detach(), [t.grad for t in leaves]
 
@@ -320,6 +320,28 @@ def test_extreme_values_float64(name):
     for got, want in zip([out, *grads], [ref_out, *ref_grads], strict=True):
         assert_close(got, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_tiny_sigmas_at_floor_zero_float64(name):
+    """floor = 0 and a = -300: sigma = softplus(a) ~ 5e-131, whose square underflows float64 (the normaliser must
+    come from log sigma, not from the log of a product of sigmas); |x - mu| ~ sigma."""
+    inputs = OPS[name][2]((2, 5), seed=23)
+    a = inputs[2]
+    a[...] = -300.0 + torch.rand(a.shape, generator=_gen(24), dtype=a.dtype).to(DEVICE)
+    sigma = ref.sigma_from(a, 0.0)
+    if name == "gaussian":
+        inputs[1][...] = inputs[0] - sigma * _signs(inputs[0])
+    elif name == "gmm":
+        inputs[1][...] = inputs[0].unsqueeze(-1) - sigma * _signs(inputs[1])
+    else:
+        inputs[1][...] = inputs[0][..., 1:].unsqueeze(-1) - sigma * _signs(inputs[1])
+    fn, ref_fn, _ = OPS[name]
+    grad_out = torch.randn(2, 5, generator=_gen(25), dtype=torch.float64).to(DEVICE)
+    (out, grads), (ref_out, ref_grads) = (_run(f, inputs, None, grad_out, floor=0.0) for f in (fn, ref_fn))
+    assert torch.isfinite(ref_out).all()
+    for got, want in zip([out, *grads], [ref_out, *ref_grads], strict=True):
+        assert_close(got, want, rtol=1e-10, atol=1e-10 * max(1.0, want.abs().max().item()))
 
 
 @pytest.mark.parametrize("name", list(OPS))
