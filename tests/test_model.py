@@ -7,6 +7,7 @@ import torch
 
 from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig, fused_torch
 from vrnn_fast import model as fast_model
+from vrnn_fast.op_count import count_ops
 
 MODELS = ["vrnn", "vrnn-i", "rnn"]
 OUTPUTS = ["gauss", "gmm", "bigmm", "bernoulli"]
@@ -298,6 +299,16 @@ def test_bernoulli_model_refuses_data_outside_0_1_but_not_padding():
             cls(cfg).double()(padded, None, noise)
         with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
             cls(cfg).double().log_likelihood(x - 0.5, mask, n_samples=2)
+
+
+@pytest.mark.parametrize(("output", "syncs"), [("bernoulli", 3), ("bigmm", 2)])
+def test_each_input_check_runs_once_per_forward(output, syncs):
+    """One host read each for x's finiteness, the given noise's, and a Bernoulli x's range (a sync each on a GPU)."""
+    cfg = small_config("vrnn", output)
+    net = FastVRNN(cfg, backend="torch").double()
+    x, mask, noise = make_batch(cfg)
+    counted = count_ops(lambda: net(x, mask, noise))
+    assert sum(counted.syncs.values()) == syncs, counted.syncs
 
 
 @pytest.mark.parametrize("output", ["gauss", "gmm"])

@@ -17,6 +17,7 @@ from .config import VRNNConfig
 from .fused_torch import FUSED_TORCH_OPS, linear_gaussian_nll, linear_gmm_nll
 from .recurrence import recurrence
 from .reference import (
+    PLAIN_OPS,
     StepResults,
     VRNNBase,
     _masked,
@@ -90,6 +91,8 @@ class FastVRNN(VRNNBase):
         if fused and dec.kind == "gauss":
             return linear_gaussian_nll(dec.net(inp, start=start), x_t, dec.mu.weight, dec.mu.bias, dec.sigma.weight,
                                        dec.sigma.bias, floor, mask_t)
+        if dec.kind == "bernoulli":  # x in [0, 1] was checked with the inputs: the op set's check would repeat it
+            ops = PLAIN_OPS
         return dec.nll(x_t, inp, floor, mask_t, ops, start=start)
 
     def _steps(self, x, mask, eps, state, want_log_weight):
