@@ -17,6 +17,7 @@ import torch
 
 from vrnn_fast.cli import main
 from vrnn_fast.data import AudioConfig, DataError, Normalizer, open_splits
+from vrnn_fast.data.batching import AudioDataset
 from vrnn_fast.data.store import decode_audio, encode_audio, open_store, prepare
 from vrnn_fast.train import read_checkpoint
 
@@ -88,6 +89,17 @@ def test_speech_store_gives_the_direct_batches(tmp_path, monkeypatch, lazy):
     whole = AudioConfig(segment_seconds=None)  # the segment length is chosen when the store is opened
     same_batches(open_splits(src, audio=whole, seed=3).train.iter_batches(4, seed=1),
                  open_splits(tmp_path / "store", audio=whole).train.iter_batches(4, seed=1), atol)
+
+
+def test_streaming_a_split_through_keeps_none_of_it(tmp_path):
+    """raw_sequences(keep=False), as prepare reads a corpus, leaves an empty cache empty; a normal read fills it."""
+    opened = open_splits(speech(tmp_path / "src"), seed=3).valid  # decoded at open: a small corpus
+    valid = AudioDataset(opened.files, opened.lengths, opened.audio)  # the same files, nothing read yet
+    assert valid.in_memory and valid._cache == {}
+    streamed = list(valid.raw_sequences(keep=False))
+    assert valid._cache == {} and len(streamed) == len(valid.lengths)
+    kept = list(valid.raw_sequences())
+    assert len(valid._cache) == len(kept) and all(np.array_equal(a, b) for a, b in zip(streamed, kept, strict=True))
 
 
 def test_pcm16_speech_is_stored_exactly_and_a_given_normalizer_is_kept(tmp_path):

@@ -107,6 +107,12 @@ class _SequenceDataset:
         fork per pass): sequences given as arrays, unless read from a frame store."""
         return self._reader is None
 
+    def raw_sequences(self, keep: bool = True):
+        """Each raw sequence (T_i, dim), in order. ``keep=False``: what the dataset does not hold yet is read
+        without being kept (a frame store's prepare streams a corpus through)."""
+        for i in range(len(self.lengths)):
+            yield self._raw(i)
+
     def __len__(self) -> int:
         return self.num_sequences
 
@@ -298,6 +304,16 @@ class AudioDataset(_SequenceDataset):
     def in_memory(self) -> bool:
         """Whether the decoded corpus is kept (under the cache limit, not a frame store)."""
         return self._reader is None and self._cache is not None
+
+    def raw_sequences(self, keep: bool = True):
+        """Each file's raw frames, in order; with ``keep=False`` a cache still empty stays empty."""
+        cache = self._cache
+        if not keep and cache == {}:
+            self._cache = None
+        try:
+            yield from super().raw_sequences()
+        finally:
+            self._cache = cache
 
     def load_cache(self) -> None:
         """Decodes now every file a split under the cache limit keeps (loader workers then share them)."""

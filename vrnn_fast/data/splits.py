@@ -578,8 +578,7 @@ def open_splits(source=None, kind: str = "auto", audio: AudioConfig = AudioConfi
         what = "file(s) or sequence(s)" if kind == "series" else "file(s)"
         warnings.warn(f"skipped {len(skipped)} {what} of {desc}:\n{lines}", stacklevel=2)
     if normalizer is None:
-        normalizer = fit_normalizer(kind, (train._raw(i) for i in range(len(train.lengths))), normalize,
-                                    what=f"the training split of {desc}")
+        normalizer = fit_normalizer(kind, train.raw_sequences(), normalize, what=f"the training split of {desc}")
     else:
         _check_normalizer(normalizer, kind, train.dim)
     for ds in (train, valid, test):

@@ -125,12 +125,9 @@ def _write_split(folder: Path, name: str, ds, speech: bool, bar, arrays: dict):
     """Writes ``{name}.frames.npy`` and ``{name}.index.npy`` of a dataset, yielding each raw sequence (T_i, D)
     once written (so that the normalizer can be fit on the way); adds their manifest entries to ``arrays``."""
     lengths = np.asarray(ds.lengths, np.int64)
-    if getattr(ds, "_cache", None) == {}:  # a split under the cache limit of a corpus over it: read once, keep none
-        ds._cache = None
     writer = _ArrayWriter(folder / f"{name}.frames.npy", np.int16 if speech else np.float32,
                           (int(lengths.sum()), ds.dim))
-    for i in range(len(lengths)):
-        a = ds._raw(i)
+    for a in ds.raw_sequences(keep=False):
         writer.append(encode_audio(a) if speech else a)
         bar.update()
         yield a
