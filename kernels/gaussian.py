@@ -35,6 +35,9 @@ def _eps_tile(eps_ptr, seed, rows, cols, ok, se_n, se_z, Z, dt: tl.constexpr, HA
     if HAS_EPS:
         eps = tl.load(eps_ptr + rows[:, None] * se_n + cols[None, :] * se_z, mask=ok, other=0.0).to(dt)
     else:
+        # Box-Muller: tl.sin / tl.cos, for which triton 3.6 reserves a 32-byte stack frame (libdevice's slow-path
+        # argument reduction; tl.rand alone: none; triton 3.9: none), so kernel_resources.py under 3.6 lists the
+        # seeded kernels with STACK 32: not a register spill
         eps = tl.randn(seed, rows[:, None] * Z + cols[None, :]).to(dt)
     return eps
 
