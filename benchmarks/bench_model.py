@@ -38,6 +38,7 @@ from torch import nn
 
 from vrnn_fast import FastVRNN, ReferenceVRNN, VRNNConfig
 from vrnn_fast.graphs import graphed_train_step
+from vrnn_fast.train import reuse_freed_memory
 
 T = 40
 GPU_CONFIGS = ("timit-vrnn-gauss", "blizzard-vrnn-gmm", "iamondb-vrnn-gmm")
@@ -207,7 +208,9 @@ def test_cpu_op_counts(benchmark, results):
 
 
 def _cpu_step(name: str, mode: str, provider: str):
-    """One CPU call of a case as a closure: a training iteration, or the 40-sample log-likelihood."""
+    """One CPU call of a case as a closure: a training iteration, or the 40-sample log-likelihood. The process keeps
+    freed memory mapped, as the ``vrnn-fast`` commands do (``vrnn_fast.train.reuse_freed_memory``)."""
+    reuse_freed_memory()
     device, config = torch.device("cpu"), VRNNConfig.preset(name)
     if provider == "reference-compiled":
         torch._dynamo.reset()

@@ -259,9 +259,10 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 with ``error: ...`` on stderr for bad input)."""
-    from .train import TrainingDiverged
+    from .train import TrainingDiverged, reuse_freed_memory
 
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # this process computes: keep freed buffers mapped instead of page-faulting them back
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "analyze": cmd_analyze,
                "prepare": cmd_prepare}
     with warnings.catch_warnings():  # warnings (e.g. skipped files) as plain `warning: ...` lines

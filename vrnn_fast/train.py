@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -149,6 +150,27 @@ class TrainConfig:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def reuse_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 256 * 2**20) -> bool:
+    """Has glibc's malloc keep freed memory for reuse: allocations up to ``mmap_threshold`` bytes come from the heap
+    and up to ``trim_threshold`` bytes of freed heap stay mapped. Returns whether it took (Linux with glibc; a
+    no-op returning False elsewhere). Process-wide: the ``vrnn-fast`` commands call it; call it once in your own
+    CPU training process if you like.
+
+    Why: FastVRNN allocates buffers of a few MB per call (whole-sequence activations, their gradients). With
+    glibc's defaults each is handed back to the OS when freed and page-faulted in again at the next step: on a
+    2-core VM, 1,000 minor faults and 3 ms of system time per training iteration at ``tiny`` (8%), 9,800 and 31 ms
+    at ``cpu-speech-vrnn-gmm`` (486 -> 385 ms an iteration with this call)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters (malloc.h)
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold,
+                                                                                       trim_threshold))
 
 
 def parse_device(name, check_available: bool = False) -> torch.device:
