@@ -49,8 +49,8 @@ def rank_rows(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def default_workers() -> int:
-    """Loader workers of each rank when none are asked for: min(4, the CPUs this process may use per local rank
-    - 1), 0 when that leaves none."""
+    """Loader workers of each rank when none are asked for and batches are read from disk (the trainer gives data
+    held in memory none): min(4, the CPUs this process may use per local rank - 1), 0 when that leaves none."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(4, per_rank - 1))
