@@ -228,7 +228,7 @@ def _cell_coefficients(d: _Dims, act: Tensor, c: Tensor, mask: Tensor | None):
     s_i, s_f, t_g, s_o = act.chunk(4, dim=-1)
     t_c = torch.tanh(c[1:])
     Q = torch.addcmul(act, act, act, value=-1)  # s (1 - s) in the sigmoid blocks
-    torch.addcmul(torch.ones((), dtype=Q.dtype), t_g, t_g, value=-1, out=Q[..., 2 * H:3 * H])  # 1 - t_g^2
+    torch.addcmul(Q.new_ones(()), t_g, t_g, value=-1, out=Q[..., 2 * H:3 * H])  # 1 - t_g^2
     Q.mul_(torch.cat([t_g, c[:-1], s_i, t_c], dim=-1))
     Kc = torch.addcmul(s_o, s_o, t_c.square(), value=-1)
     Fc = s_f

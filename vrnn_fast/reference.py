@@ -564,8 +564,8 @@ class VRNNBase(nn.Module):
 
 
 def require_finite(t: Tensor, message: str) -> None:
-    """ValueError(message) if ``t`` holds NaN or inf (on the device inside ``torch.compile`` or a CUDA graph
-    capture: ``op_checks.require``). Its min and max are finite exactly then (NaN propagates into both): one
+    """ValueError(message) if ``t`` holds NaN or inf (inside ``torch.compile`` or a CUDA graph capture too, without a
+    graph break: ``op_checks.require``). Its min and max are finite exactly then (NaN propagates into both): one
     reduction pass, 17x faster on a CPU than ``isfinite(t).all()``, which writes a bool per element."""
     if t.numel():
         low, high = torch.aminmax(t)

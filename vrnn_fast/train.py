@@ -169,8 +169,7 @@ def reuse_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters (malloc.h)
-    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold,
-                                                                                       trim_threshold))
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold) and libc.mallopt(m_trim_threshold, trim_threshold))
 
 
 def parse_device(name, check_available: bool = False) -> torch.device:
