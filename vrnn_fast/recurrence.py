@@ -17,9 +17,9 @@ Forward, step t (h = h_{t-1}, c = c_{t-1}, m = mask[t]; the RNN baselines have o
     (h_t, c_t) = cell(G, c) where m, else (h, c)
 Outputs: hz (T+1, B, H+F) with hz[t] = [h_{t-1} | zf_t] (hz[0, :, :H] = h0; hz[T, :, H:] = 0), cT (B, H), and
 for a VRNN ma (T, B, 2Z) = [mu | a] and z (T, B, Z); then, saved for the backward only: c (T+1, B, H) with
-c[t] = c_{t-1}, G (T, B, 4H), a_1..a_Le (T, B, E), f_1..f_{L_z - 1} (T, B, F). G holds the gate pre-activations
-on the triton backend and the activations [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] on the torch backend, whose
-backward then needs neither again.
+c[t] = c_{t-1}, G, a_1..a_Le (T, B, E), f_1..f_{L_z - 1} (T, B, F). G holds the gate pre-activations (T, B, 4H) on
+the triton backend; on the torch backend (T, B, 5H), the activations [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)]
+and tanh(c_t), so that its backward computes none of them again.
 
 Backward, t = T-1..0 (dh, dc start as the gradients of h_T and c_T), only data gradients per step:
     dG, dc = cell_backward(G, c[t], dh, dc) where m (dG = 0 and dc passes where not m)
@@ -75,13 +75,13 @@ def _dims(gates_x: Tensor, h0: Tensor, w_hz: Tensor, w_e1h: Tensor | None, head_
                  head_w.shape[0] // 2 if latent else 0, len(enc_w) + 1 if latent else 0, len(phi_z_w))
 
 
-def _forward_buffers(d: _Dims, like: Tensor, state_dtype: torch.dtype) -> dict:
-    """Outputs of the forward, allocated once per call (empty_like keeps fake-tensor shapes in step)."""
+def _forward_buffers(d: _Dims, like: Tensor, state_dtype: torch.dtype, backend: str) -> dict:
+    """Outputs of the forward, allocated once per call (the fake implementation allocates the same)."""
     new = dict(dtype=like.dtype, device=like.device)
     bufs = {"hz": torch.empty(d.T + 1, d.B, d.H + d.F, **new),
             "cT": torch.empty(d.B, d.H, dtype=state_dtype, device=like.device),
             "c": torch.empty(d.T + 1, d.B, d.H, dtype=state_dtype, device=like.device),
-            "G": torch.empty(d.T, d.B, 4 * d.H, **new)}
+            "G": torch.empty(d.T, d.B, (4 if backend == "triton" else 5) * d.H, **new)}
     if d.latent:
         bufs["ma"] = torch.empty(d.T, d.B, 2 * d.Z, **new)
         bufs["z"] = torch.empty(d.T, d.B, d.Z, **new)
@@ -122,12 +122,12 @@ def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, en
     """The step loop with PyTorch ops, each writing into its slice of the buffers: about L_e + L_z + 13 ops a
     step (bias + ReLU as one ``_addmm_activation``, one product for both encoder heads and one for the gates).
     Every per-step view is made once, before the loop (a view costs host time like a small op). The gate
-    activations go to b["G"], where the backward reads them."""
+    activations and tanh(c_t) go to b["G"], where the backward reads them."""
     H, Z = d.H, d.Z
     hz, h_of, c, gx = _steps(b["hz"]), _steps(b["hz"][..., :H]), _steps(b["c"]), _steps(gates_x)
-    act = _steps(b["G"])  # [s_i, s_f, tanh(g), s_o] of every step
-    s_i, s_f, t_g, s_o = (_steps(block) for block in b["G"].chunk(4, dim=2))
-    gates = torch.empty_like(b["G"][0])  # the current step's pre-activations
+    act = _steps(b["G"][..., :4 * H])  # [s_i, s_f, tanh(g), s_o] of every step
+    s_i, s_f, t_g, s_o, t_c = (_steps(block) for block in b["G"].chunk(5, dim=2))
+    gates = torch.empty_like(gx[0])  # the current step's pre-activations
     gates_g = gates[:, 2 * H:3 * H]
     keep = None if mask is None else _steps(mask[..., None])
     if d.latent:
@@ -150,7 +150,7 @@ def _forward_torch(d: _Dims, b: dict, gates_x, mask, enc_x, eps, w_hz, w_e1h, en
         torch.sigmoid(gates, out=act[t])  # the g block becomes tanh(g) below
         torch.tanh(gates_g, out=t_g[t])
         c_new = torch.mul(s_f[t], c[t], out=c[t + 1] if keep is None else None).addcmul_(s_i[t], t_g[t])
-        h_new = torch.mul(s_o[t], torch.tanh(c_new), out=h_of[t + 1] if keep is None else None)
+        h_new = torch.mul(s_o[t], torch.tanh(c_new, out=t_c[t]), out=h_of[t + 1] if keep is None else None)
         if keep is not None:
             torch.where(keep[t], h_new.to(h_of[t].dtype), h_of[t], out=h_of[t + 1])
             torch.where(keep[t], c_new, c[t], out=c[t + 1])
@@ -194,7 +194,7 @@ def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hz: Tensor, mask: Tens
     Returns [hz, cT, c, G] (+ [ma, z, a_1..a_Le, f_1..f_{Lz-1}] for a VRNN).
     """
     d = _dims(gates_x, h0, w_hz, w_e1h, head_w, enc_w, phi_z_w)
-    b = _forward_buffers(d, gates_x, c0.dtype)
+    b = _forward_buffers(d, gates_x, c0.dtype, backend)
     with torch.autocast(gates_x.device.type, enabled=False):
         b["hz"][0, :, :d.H].copy_(h0)
         b["hz"][d.T, :, d.H:].zero_()
@@ -209,7 +209,7 @@ def recurrence(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hz: Tensor, mask: Tens
 def _(gates_x, h0, c0, w_hz, mask, enc_x, eps, w_e1h, enc_w, enc_b, head_w, head_b, phi_z_w, phi_z_b, floor,
       backend):
     d = _dims(gates_x, h0, w_hz, w_e1h, head_w, enc_w, phi_z_w)
-    return _pack(_forward_buffers(d, gates_x, c0.dtype))
+    return _pack(_forward_buffers(d, gates_x, c0.dtype, backend))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,19 +217,20 @@ def _(gates_x, h0, c0, w_hz, mask, enc_x, eps, w_e1h, enc_w, enc_b, head_w, head
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _cell_coefficients(d: _Dims, act: Tensor, c: Tensor, mask: Tensor | None):
-    """For the torch backward, all steps at once, from the gate activations act = [s_i, s_f, t_g, s_o] (T, B, 4H)
-    that its forward saved: Q (T, B, 4H), Kc (T, B, H), Fc (T, B, H) such that per step dC = dc + dh Kc[t],
+def _cell_coefficients(d: _Dims, G: Tensor, c: Tensor, mask: Tensor | None):
+    """For the torch backward, all steps at once, from what its forward saved in G, [s_i, s_f, t_g, s_o, t_c]
+    (T, B, 5H) with t_c = tanh(c_t): Q (T, B, 4H), Kc (T, B, H), Fc (T, B, H) such that per step dC = dc + dh Kc[t],
     dG = Q[t] [dC, dC, dC, dh] (per gate block), dc_prev = dC Fc[t]; zero (Fc = 1) where the mask is False, so
-    padded steps pass dc through and give dG = 0. With t_c = tanh(c_t): Q = [s_i (1 - s_i) t_g, s_f (1 - s_f) c_{t-1},
-    (1 - t_g^2) s_i, s_o (1 - s_o) t_c], Kc = s_o (1 - t_c^2), Fc = s_f."""
+    padded steps pass dc through and give dG = 0. Q = [s_i (1 - s_i) t_g, s_f (1 - s_f) c_{t-1}, (1 - t_g^2) s_i,
+    s_o (1 - s_o) t_c], Kc = s_o (1 - t_c^2), Fc = s_f."""
     H = d.H
-    act = act.to(torch.promote_types(act.dtype, c.dtype))
-    s_i, s_f, t_g, s_o = act.chunk(4, dim=-1)
-    t_c = torch.tanh(c[1:])
+    G = G.to(torch.promote_types(G.dtype, c.dtype))
+    act = G[..., :4 * H]
+    s_i, s_f, t_g, s_o, t_c = G.chunk(5, dim=-1)
     Q = torch.addcmul(act, act, act, value=-1)  # s (1 - s) in the sigmoid blocks
     torch.addcmul(Q.new_ones(()), t_g, t_g, value=-1, out=Q[..., 2 * H:3 * H])  # 1 - t_g^2
-    Q.mul_(torch.cat([t_g, c[:-1], s_i, t_c], dim=-1))
+    for block, factor in zip(Q.chunk(4, dim=-1), (t_g, c[:-1], s_i, t_c), strict=True):
+        block.mul_(factor)
     Kc = torch.addcmul(s_o, s_o, t_c.square(), value=-1)
     Fc = s_f
     if mask is not None:
@@ -372,8 +373,8 @@ def recurrence_backward(g_hz: Tensor, g_cT: Tensor, g_ma: Tensor | None, g_z: Te
 @recurrence_backward.register_fake
 def _(g_hz, g_cT, g_ma, g_z, hz, c, G, ma, z, acts, fs, mask, eps, w_hz, w_e1h, enc_w, head_w, phi_z_w, floor,
       backend, want_eps):
-    T, B = G.shape[:2]
-    out = [torch.empty_like(G), torch.empty_like(c[0]), torch.empty_like(c[0]), torch.empty_like(w_hz)]
+    T, B, H = c.shape[0] - 1, *c.shape[1:]
+    out = [G.new_empty(T, B, 4 * H), torch.empty_like(c[0]), torch.empty_like(c[0]), torch.empty_like(w_hz)]
     if w_e1h is not None:
         out += [torch.empty_like(acts[0]), torch.empty_like(z) if want_eps else G.new_empty(0),
                 torch.empty_like(w_e1h), torch.empty_like(head_w), head_w.new_empty(head_w.shape[0])]
