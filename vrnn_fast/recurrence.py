@@ -239,12 +239,12 @@ def _cell_coefficients(d: _Dims, G: Tensor, c: Tensor, mask: Tensor | None):
     return Q, Kc, Fc
 
 
-def _backward_buffers(d: _Dims, like: Tensor) -> dict:
+def _backward_buffers(d: _Dims, like: Tensor, backend: str) -> dict:
     new = dict(dtype=like.dtype, device=like.device)
     bufs = {"dG": torch.empty(d.T, d.B, 4 * d.H, **new), "X": torch.empty(d.T, d.B, d.H + d.F, **new)}
     if d.latent:
         bufs["dma"] = torch.empty(d.T, d.B, 2 * d.Z, **new)
-        bufs["dz"] = torch.empty(d.T, d.B, d.Z, **new)
+        bufs["dz"] = torch.empty(d.T, d.B, (1 if backend == "triton" else 2) * d.Z, **new)  # torch: [dz | dz]
         bufs["du"] = [torch.empty(d.T, d.B, d.E, **new) for _ in range(d.L_e)]  # da_k (triton) or du_k
         bufs["dv"] = [torch.empty(d.T, d.B, d.F, **new) for _ in range(d.L_z)]  # df_k (triton) or dv_k
     return bufs
@@ -252,8 +252,11 @@ def _backward_buffers(d: _Dims, like: Tensor) -> dict:
 
 def _backward_torch(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, mask, eps, w_hz, w_e1h, enc_w,
                     head_w, phi_z_w, dh, dc):
-    """Reverse loop with PyTorch ops, about 2 (L_e + L_z) + 9 a step; fills b's buffers with du_k and dv_k
-    (the gradients at the ReLU inputs). Returns the final (dh, dc)."""
+    """Reverse loop with PyTorch ops, about 2 (L_e + L_z) + 8 a step; fills b's buffers with du_k and dv_k
+    (the gradients at the ReLU inputs) and b["dz"] with [dz | dz]: the first phi_z layer's backward product
+    writes dz twice (its weight side by side with itself), so that one addcmul gives
+    d[mu | a] = [g_mu | g_a] + [dz | dz] [1 | eps sigmoid(a)]. The ReLU backward is a product with sign(output)
+    (1 where the unit was on, 0 where off), computed for all steps before the loop. Returns the final (dh, dc)."""
     H, Z = d.H, d.Z
     Q, Kc, Fc = _cell_coefficients(d, G, c, mask)
     Kc, Fc, Q_ifg, Q_o = (_steps(t) for t in (Kc, Fc, Q.unflatten(2, (4, H))[:, :, :3], Q[..., 3 * H:]))
@@ -263,11 +266,12 @@ def _backward_torch(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, 
     g_hz = _steps(g_hz)
     keep = None if mask is None else _steps((~mask)[..., None].to(dh.dtype))
     if d.latent:
-        eps_sig = _steps(eps * torch.sigmoid(ma[..., Z:]))  # d z / d a
-        acts, fs = [_steps(a) for a in acts], [_steps(f) for f in fs] + [_steps(hz[..., H:])]
-        du, dv, dz = [_steps(t) for t in b["du"]], [_steps(t) for t in b["dv"]], _steps(b["dz"])
-        dma, dmu, da = _steps(b["dma"]), _steps(b["dma"][..., :Z]), _steps(b["dma"][..., Z:])
-        g_z, g_mu, g_a = _steps(g_z), _steps(g_ma[..., :Z]), _steps(g_ma[..., Z:])
+        dz_dma = _steps(torch.cat([torch.ones_like(eps), eps * torch.sigmoid(ma[..., Z:])], -1))  # [1 | dz / da]
+        on_a = [_steps(torch.sign(a)) for a in acts]
+        on_f = [_steps(torch.sign(f)) for f in [*fs, hz[:d.T, :, H:]]]
+        du, dv, dz2, dma = [_steps(t) for t in b["du"]], [_steps(t) for t in b["dv"]], _steps(b["dz"]), _steps(b["dma"])
+        g_z2, g_ma = _steps(torch.cat([g_z, g_z], -1)), _steps(g_ma)
+        w_z2 = torch.cat([phi_z_w[0], phi_z_w[0]], 1)
     for t in reversed(range(d.T)):
         dC = torch.addcmul(dc, dh, Kc[t])
         torch.mul(Q_ifg[t], dC[:, None], out=dG_ifg[t])
@@ -278,13 +282,12 @@ def _backward_torch(d: _Dims, b: dict, g_hz, g_ma, g_z, hz, c, G, ma, acts, fs, 
         if d.latent:
             grad = X_z[t]
             for k in reversed(range(d.L_z)):
-                _aten.threshold_backward.grad_input(grad, fs[k][t], 0, grad_input=dv[k][t])
-                grad = torch.mm(dv[k][t], phi_z_w[k]) if k else torch.addmm(g_z[t], dv[0][t], phi_z_w[0], out=dz[t])
-            torch.add(grad, g_mu[t], out=dmu[t])
-            torch.addcmul(g_a[t], grad, eps_sig[t], out=da[t])
+                torch.mul(grad, on_f[k][t], out=dv[k][t])
+                grad = torch.mm(dv[k][t], phi_z_w[k]) if k else torch.addmm(g_z2[t], dv[0][t], w_z2, out=dz2[t])
+            torch.addcmul(g_ma[t], grad, dz_dma[t], out=dma[t])
             grad = torch.mm(dma[t], head_w)
             for k in reversed(range(d.L_e)):
-                _aten.threshold_backward.grad_input(grad, acts[k][t], 0, grad_input=du[k][t])
+                torch.mul(grad, on_a[k][t], out=du[k][t])
                 if k:
                     grad = torch.mm(du[k][t], enc_w[k - 1])
             dh_next = torch.addmm(dh_next, du[0][t], w_e1h)
@@ -352,7 +355,7 @@ def recurrence_backward(g_hz: Tensor, g_cT: Tensor, g_ma: Tensor | None, g_z: Te
     """
     T, B = G.shape[:2]
     d = _dims(G, hz[0, :, :c.shape[2]], w_hz, w_e1h, head_w, enc_w, phi_z_w)
-    b = _backward_buffers(d, G)
+    b = _backward_buffers(d, G, backend)
     with torch.autocast(G.device.type, enabled=False):
         dh = g_hz[T, :, :d.H].to(torch.promote_types(G.dtype, c.dtype))
         dc = g_cT.to(c.dtype)
@@ -363,7 +366,7 @@ def recurrence_backward(g_hz: Tensor, g_cT: Tensor, g_ma: Tensor | None, g_z: Te
         out = [b["dG"], dh.to(c.dtype), dc.to(c.dtype), _wgrad(b["dG"], hz_t)]
         if d.latent:
             du, dv = b["du"], b["dv"]
-            d_eps = b["dz"] * F.softplus(ma[..., d.Z:]).add_(floor) if want_eps else G.new_empty(0)
+            d_eps = b["dz"][..., :d.Z] * F.softplus(ma[..., d.Z:]).add_(floor) if want_eps else G.new_empty(0)
             out += [du[0], d_eps, _wgrad(du[0], hz_t[..., :d.H]), _wgrad(b["dma"], acts[-1]), b["dma"].sum((0, 1))]
             out += [_wgrad(du[k], acts[k - 1]) for k in range(1, d.L_e)] + [g.sum((0, 1)) for g in du[1:]]
             out += [_wgrad(dv[k], fs[k - 1] if k else z) for k in range(d.L_z)] + [g.sum((0, 1)) for g in dv]
