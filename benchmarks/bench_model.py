@@ -245,17 +245,14 @@ def test_cpu_model(benchmark, request, results, name, mode):
     rounds, more where a round is quick (about CPU_CASE_S of them, at most CPU_MAX_ROUNDS): at tiny, 7 rounds gave
     ratios from 2.9x to 3.7x in back-to-back runs on a shared 2-core CPU."""
     benchmark.group = f"cpu {_case_name(name, CPU_BATCH)} {mode} float32 (a round: {' then '.join(CPU_PAIR)})"
-    steps, first_call_s, warm_call_s = {}, {}, {}
+    steps, first_call_s, round_s = {}, {}, 0.0  # round_s: one warm call of each provider
     for provider in CPU_PAIR:
         steps[provider] = _cpu_step(name, mode, provider)
-        start = time.perf_counter()
-        steps[provider]()
-        first_call_s[provider] = time.perf_counter() - start
-        for _ in range(CPU_WARMUP - 1):
+        for _ in range(CPU_WARMUP):
             start = time.perf_counter()
             steps[provider]()
-            warm_call_s[provider] = time.perf_counter() - start
-    round_s = sum(warm_call_s.values()) or sum(first_call_s.values())
+            first_call_s.setdefault(provider, time.perf_counter() - start)
+        round_s += time.perf_counter() - start
     rounds = min(CPU_MAX_ROUNDS, max(CPU_ROUNDS, math.ceil(CPU_CASE_S / round_s)))
     times = {provider: [] for provider in CPU_PAIR}
 
